@@ -1,0 +1,1 @@
+"""Raster I/O, derived layers, splitting and patching: from raw site inputs to patch arrays."""

@@ -1,0 +1,66 @@
+"""Regular, non-overlapping patch grids inside each area of a split scene."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from landslide_jax import constants
+from landslide_jax.data.split import AREA_NAMES
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchGrid:
+  """The windows of one area: top-left (row, col) of each kept patch, and what was dropped."""
+  area: str
+  patch: int
+  rows: np.ndarray      # int32 (N,)
+  cols: np.ndarray      # int32 (N,)
+  dropped_nodata: int   # whole windows inside the area with too much nodata
+  dropped_boundary: int  # grid windows that would cross the area's boundary
+
+  def __len__(self) -> int:
+    return int(self.rows.size)
+
+  def windows(self, array: np.ndarray) -> np.ndarray:
+    """Cuts the windows from a (..., H, W) array: returns (N, ..., patch, patch)."""
+    p = self.patch
+    return np.stack([array[..., r:r + p, c:c + p] for r, c in zip(self.rows, self.cols)]) \
+        if len(self) else np.zeros((0, *array.shape[:-2], p, p), array.dtype)
+
+
+def _block_sums(mask: np.ndarray, r0: int, c0: int, n_rows: int, n_cols: int, patch: int) -> np.ndarray:
+  block = mask[r0:r0 + n_rows * patch, c0:c0 + n_cols * patch]
+  return block.reshape(n_rows, patch, n_cols, patch).sum(axis=(1, 3))
+
+
+def patch_grid(labels: np.ndarray, valid: np.ndarray, area: int, patch: int,
+               max_nodata_fraction: float = constants.MAX_NODATA_FRACTION) -> PatchGrid:
+  """Plans the windows of one area.
+
+  The grid starts at the top-left corner of the area's bounding box (aligned per area, so each area
+  yields as many whole windows as it can), steps by `patch` without overlap, drops partial windows at the
+  bounding box's edge, never emits a window with a pixel of another area, and drops windows whose nodata
+  share exceeds `max_nodata_fraction`.
+  """
+  inside = labels == area
+  rows_any, cols_any = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+  empty = PatchGrid(AREA_NAMES[area], patch, np.zeros(0, np.int32), np.zeros(0, np.int32), 0, 0)
+  if rows_any.size == 0:
+    return empty
+  r0, c0 = int(rows_any[0]), int(cols_any[0])
+  n_rows = (int(rows_any[-1]) + 1 - r0) // patch
+  n_cols = (int(cols_any[-1]) + 1 - c0) // patch
+  if n_rows == 0 or n_cols == 0:
+    return empty
+  full = _block_sums(inside, r0, c0, n_rows, n_cols, patch) == patch * patch
+  nodata = _block_sums(~valid, r0, c0, n_rows, n_cols, patch)
+  keep = full & (nodata <= max_nodata_fraction * patch * patch)
+  # Windows that touch the area but are not whole were cut by a boundary: count them for the record.
+  touched = _block_sums(inside, r0, c0, n_rows, n_cols, patch) > 0
+  bi, bj = np.nonzero(keep)
+  return PatchGrid(
+      area=AREA_NAMES[area], patch=patch,
+      rows=(r0 + bi * patch).astype(np.int32), cols=(c0 + bj * patch).astype(np.int32),
+      dropped_nodata=int((full & ~keep).sum()), dropped_boundary=int((touched & ~full).sum()))

@@ -1,0 +1,69 @@
+"""A site scene on its Sentinel-2 grid: input channels, validity, landslides and optional test area."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from landslide_jax import constants
+from landslide_jax.data import inventory, raster_io, site_inputs
+from landslide_jax.data.slope import slope_degrees
+from landslide_jax.errors import InputError
+
+
+@dataclasses.dataclass
+class Scene:
+  """Everything a site dataset is cut from, on the Sentinel-2 10 m grid.
+
+  Attributes:
+    image: float32 (C, H, W): S2 bands in digital numbers, slope in degrees, DEM in metres.
+    valid: bool (H, W): pixel has data in every band and is not cloud-masked.
+    landslides: uint8 (H, W), 1 = landslide.
+    test_area: bool (H, W) from a test-area file, or None for the default split.
+  """
+  name: str
+  channels: tuple[str, ...]
+  image: np.ndarray
+  valid: np.ndarray
+  landslides: np.ndarray
+  test_area: np.ndarray | None
+  grid: raster_io.Grid
+  source: str
+  input_hash: str
+
+
+def load_scene(site_dir: str | os.PathLike, channels: tuple[str, ...], name: str) -> Scene:
+  """Reads one site folder into a `Scene` with the requested channels, in order.
+
+  Raises:
+    InputError: any unusable input (see README.md 'Errors').
+  """
+  inputs = site_inputs.find_site_inputs(site_dir)
+  bands = tuple(c for c in channels if c in constants.SENTINEL2_BANDS)
+  image, valid, grid = raster_io.read_sentinel2(inputs, bands)
+  layers = dict(zip(bands, image))
+
+  # The DEM is read even when no DEM channel is asked for: a DEM that does not cover the scene
+  # means the inputs are not what the user thinks they are.
+  dem = raster_io.read_dem_on_grid(inputs.dem, grid, margin=1)
+  layers["dem"] = dem[1:-1, 1:-1]
+  if "slope" in channels:
+    layers["slope"] = slope_degrees(dem, grid.expanded(1).transform, grid.crs)[1:-1, 1:-1]
+
+  landslides = inventory.read_mask(inputs.inventory, grid, "inventory", inputs.inventory_layer)
+  test_area = None
+  if inputs.test_area is not None:
+    test_area = inventory.read_mask(inputs.test_area, grid, "test area").astype(bool)
+  if inputs.nodata_mask is not None:
+    masked = raster_io.read_onto_grid(inputs.nodata_mask, grid, "nodata mask") > 0
+    valid &= ~masked
+    if not valid.any():
+      raise InputError(inputs.nodata_mask, "the nodata mask covers every valid pixel",
+                       "check the mask polarity: non-zero must mean invalid")
+  stacked = np.stack([layers[c] for c in channels]).astype(np.float32)
+  stacked[:, ~valid] = 0.0  # nodata carries no signal; `valid` tells the model to ignore it
+  return Scene(name=name, channels=tuple(channels), image=stacked, valid=valid,
+               landslides=landslides * valid.astype(np.uint8), test_area=test_area, grid=grid,
+               source=inputs.source, input_hash=inputs.content_hash())

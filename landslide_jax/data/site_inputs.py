@@ -1,0 +1,222 @@
+"""Finds a site's raw inputs: a manifest (JSON or TOML) or, without one, filename conventions.
+
+A site folder `<manual_dir>/<site>/` holds a Sentinel-2 scene, a DEM and a landslide inventory, plus an
+optional test-area and nodata mask. See README.md ("Raw data layout") for a worked example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+
+from landslide_jax import constants
+from landslide_jax.errors import InputError
+
+MANIFEST_NAMES = ("manifest.json", "manifest.toml")
+# Every key a manifest may hold; anything else is an error, because a typo ("inventroy") would
+# otherwise silently fall back to a convention or to no inventory at all.
+MANIFEST_KEYS = {
+    "sentinel2": "one multi-band file, or a table band -> file (B02, B03, B04, B08)",
+    "bands": "band names of a multi-band file, in band order",
+    "s2_units": "'dn' (0-10000), 'reflectance' (0-1) or 'auto'",
+    "s2_nodata": "Sentinel-2 value meaning nodata (default: the file's nodata tag, else 0)",
+    "dem": "the DEM raster, any CRS and resolution",
+    "inventory": "landslide polygons (.gpkg/.geojson/.shp) or a mask raster on the S2 grid",
+    "inventory_layer": "layer of a multi-layer vector file",
+    "test_area": "polygon(s) or raster marking the testing area",
+    "nodata_mask": "raster on the S2 grid, non-zero = invalid (clouds, shadows)",
+    "source": "'real' (default) or 'synthetic-demo'",
+    "description": "free text",
+}
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
+VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb")
+S2_UNITS = ("dn", "reflectance", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteInputs:
+  """Resolved paths and options of one site's raw inputs."""
+  site_dir: Path
+  # Either one multi-band file (band order in `bands` or its band descriptions) or one file per band.
+  s2_stack: Path | None
+  s2_band_files: dict[str, Path]
+  bands: tuple[str, ...] | None
+  s2_units: str
+  s2_nodata: float | None
+  dem: Path
+  inventory: Path
+  inventory_layer: str | None
+  test_area: Path | None
+  nodata_mask: Path | None
+  source: str
+  manifest: Path | None
+
+  def files(self) -> list[Path]:
+    """All input files (including a shapefile's sidecars), for hashing."""
+    paths = [self.s2_stack, *self.s2_band_files.values(), self.dem, self.inventory,
+             self.test_area, self.nodata_mask, self.manifest]
+    out = []
+    for path in paths:
+      if path is None:
+        continue
+      if path.suffix.lower() == ".shp":
+        out.extend(sorted(path.parent.glob(path.stem + ".*")))
+      else:
+        out.append(path)
+    return sorted(set(out))
+
+  def content_hash(self) -> str:
+    """SHA-256 over the names and bytes of every input file: identifies what a dataset was built from."""
+    digest = hashlib.sha256()
+    for path in self.files():
+      digest.update(path.name.encode())
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_manifest(path: Path) -> dict:
+  try:
+    if path.suffix == ".json":
+      data = json.loads(path.read_text())
+    else:
+      data = tomllib.loads(path.read_text())
+  except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+    raise InputError(path, f"manifest is not valid {path.suffix[1:].upper()} ({err})",
+                     "fix the syntax; see README.md 'Site manifest'") from None
+  if not isinstance(data, dict):
+    raise InputError(path, "manifest must be a table of keys", "see README.md 'Site manifest'")
+  unknown = sorted(set(data) - set(MANIFEST_KEYS))
+  if unknown:
+    raise InputError(path, f"unknown manifest key(s) {', '.join(unknown)}",
+                     f"use only {', '.join(MANIFEST_KEYS)}")
+  return data
+
+
+def _existing(site_dir: Path, name: str, key: str, manifest: Path | None) -> Path:
+  path = (site_dir / name).resolve()
+  if not path.is_file():
+    where = manifest if manifest else site_dir
+    raise InputError(where, f"{key} file {name!r} does not exist",
+                     f"put it in {site_dir} or correct the {key!r} entry")
+  return path
+
+
+def _band_of(filename: str) -> str | None:
+  """'T51QTF_20200101_B02_10m.jp2' -> 'B2'; None when the name carries no band token."""
+  match = re.search(r"(?:^|[_\-.])(B\d{1,2}A?)(?=[_\-.]|$)", Path(filename).stem, re.IGNORECASE)
+  if not match:
+    return None
+  try:
+    return constants.canonical_band(match.group(1))
+  except KeyError:
+    return None
+
+
+def _find_one(site_dir: Path, pattern: str, suffixes: tuple[str, ...]) -> Path | None:
+  hits = sorted(p for p in site_dir.iterdir()
+                if p.is_file() and p.suffix.lower() in suffixes and re.match(pattern, p.name, re.I))
+  if len(hits) > 1:
+    raise InputError(site_dir, f"several files match {pattern!r}: {', '.join(p.name for p in hits)}",
+                     "keep one, or name the file in a manifest.json")
+  return hits[0].resolve() if hits else None
+
+
+def find_site_inputs(site_dir: str | os.PathLike) -> SiteInputs:
+  """Resolves the raw inputs of one site folder, from its manifest or from filename conventions.
+
+  Conventions without a manifest (case-insensitive): one `s2*.tif`/`sentinel2*.tif` multi-band file with
+  band descriptions, or per-band files whose names contain `B02`, `B03`, `B04`, `B08` (GeoTIFF or JP2);
+  `dem*.tif`; `inventory.{gpkg,geojson,shp}` or `inventory*.tif`; optional `test_area.*` and
+  `nodata_mask.tif`/`cloud_mask.tif`.
+
+  Raises:
+    InputError: the folder or a named file is missing, the manifest is malformed or has unknown keys.
+  """
+  site_dir = Path(site_dir)
+  if not site_dir.is_dir():
+    raise InputError(site_dir, "site folder does not exist",
+                     "pass --manual_dir holding one folder per site (see README.md 'Raw data layout')")
+  manifests = [site_dir / n for n in MANIFEST_NAMES if (site_dir / n).is_file()]
+  if len(manifests) > 1:
+    raise InputError(site_dir, "both manifest.json and manifest.toml exist", "keep one")
+  manifest = manifests[0].resolve() if manifests else None
+  spec = _read_manifest(manifest) if manifest else {}
+
+  def named(key: str, required: bool, pattern: str, suffixes: tuple[str, ...]) -> Path | None:
+    if key in spec:
+      if not isinstance(spec[key], str):
+        raise InputError(manifest, f"{key!r} must be a file name", f"write {key} = \"file.tif\"")
+      return _existing(site_dir, spec[key], key, manifest)
+    found = _find_one(site_dir, pattern, suffixes)
+    if found is None and required:
+      raise InputError(site_dir, f"no {key} file found",
+                       f"add one matching {pattern!r} ({'/'.join(suffixes)}) or name it in manifest.json")
+    return found
+
+  s2_stack, band_files = None, {}
+  s2_spec = spec.get("sentinel2")
+  if isinstance(s2_spec, dict):
+    for band, name in s2_spec.items():
+      try:
+        band_files[constants.canonical_band(band)] = _existing(site_dir, name, "sentinel2", manifest)
+      except KeyError:
+        raise InputError(manifest, f"{band!r} is not a Sentinel-2 band",
+                         f"use band names like {', '.join(constants.PAPER_BANDS)}") from None
+  elif s2_spec is not None:
+    s2_stack = named("sentinel2", True, "", RASTER_SUFFIXES)
+  else:
+    s2_stack = _find_one(site_dir, r"(s2|sentinel[-_]?2)", RASTER_SUFFIXES)
+    if s2_stack is None:
+      for path in sorted(site_dir.iterdir()):
+        band = _band_of(path.name) if path.suffix.lower() in RASTER_SUFFIXES else None
+        if band:
+          if band in band_files:
+            raise InputError(site_dir, f"two files for band {band}: {band_files[band].name}, {path.name}",
+                             "keep one, or list the band files in manifest.json")
+          band_files[band] = path.resolve()
+      if not band_files:
+        raise InputError(site_dir, "no Sentinel-2 file found",
+                         "add s2.tif (bands described B02..B08) or per-band files named *_B02.jp2 etc.")
+
+  bands = spec.get("bands")
+  if bands is not None:
+    try:
+      bands = tuple(constants.canonical_band(b) for b in bands)
+    except (KeyError, TypeError):
+      raise InputError(manifest, f"'bands' must list Sentinel-2 band names, got {bands!r}",
+                       "write bands = [\"B2\", \"B3\", \"B4\", \"B8\"]") from None
+  units = spec.get("s2_units", "auto")
+  if units not in S2_UNITS:
+    raise InputError(manifest, f"s2_units {units!r} is not one of {', '.join(S2_UNITS)}",
+                     "write s2_units = \"dn\" or \"reflectance\"")
+  source = spec.get("source", constants.SOURCE_REAL)
+  if source not in (constants.SOURCE_REAL, constants.SOURCE_DEMO):
+    raise InputError(manifest, f"source {source!r} is unknown",
+                     f"write source = \"{constants.SOURCE_REAL}\"")
+  nodata = spec.get("s2_nodata")
+  if nodata is not None and not isinstance(nodata, (int, float)):
+    raise InputError(manifest, f"s2_nodata must be a number, got {nodata!r}", "write s2_nodata = 0")
+  layer = spec.get("inventory_layer")
+
+  return SiteInputs(
+      site_dir=site_dir.resolve(),
+      s2_stack=s2_stack,
+      s2_band_files=band_files,
+      bands=bands,
+      s2_units=units,
+      s2_nodata=None if nodata is None else float(nodata),
+      dem=named("dem", True, r"dem", RASTER_SUFFIXES),
+      inventory=named("inventory", True, r"inventory", VECTOR_SUFFIXES + RASTER_SUFFIXES),
+      inventory_layer=None if layer is None else str(layer),
+      test_area=named("test_area", False, r"test[-_]?area", VECTOR_SUFFIXES + RASTER_SUFFIXES),
+      nodata_mask=named("nodata_mask", False, r"(nodata|cloud)[-_]?mask", RASTER_SUFFIXES),
+      source=source,
+      manifest=manifest,
+  )

@@ -1,0 +1,77 @@
+"""The paper's spatial split: a training and a testing area (3:2 by area), plus a validation block.
+
+Areas are labelled on the scene grid so that patching can check that no window crosses a boundary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from landslide_jax import constants
+
+OUTSIDE, TRAIN, VALIDATION, TEST = 0, 1, 2, 3
+AREA_NAMES = {TRAIN: "train", VALIDATION: "validation", TEST: "test"}
+
+
+def _cut_index(weights: np.ndarray, fraction: float) -> int:
+  """Index i such that weights[:i] holds about `fraction` of the total weight."""
+  cumulative = np.cumsum(weights, dtype=np.float64)
+  target = fraction * cumulative[-1]
+  return int(np.searchsorted(cumulative, target, side="left")) + 1 if target > 0 else 0
+
+
+def long_axis(shape: tuple[int, int]) -> int:
+  """0 when the scene is taller than wide (cut across rows), else 1 (cut across columns)."""
+  return 0 if shape[0] > shape[1] else 1
+
+
+def split_train_test(valid: np.ndarray,
+                     test_area: np.ndarray | None = None,
+                     test_fraction: float = constants.TEST_FRACTION,
+                     validation_fraction: float = constants.VALIDATION_FRACTION) -> np.ndarray:
+  """Labels each pixel TRAIN, VALIDATION or TEST (uint8 (H, W); OUTSIDE only where nothing applies).
+
+  Default: one straight cut across the longer axis, so that the first (1 - test_fraction) of the valid
+  pixels are for training and the rest for testing. `test_area` (bool) overrides the cut. Then the last
+  `validation_fraction` of the training area's valid pixels, on the side facing the test area, become
+  one contiguous validation block. The test area never feeds training or model selection.
+
+  Args:
+    valid: bool (H, W), pixels with data; fractions are shares of valid pixels (area with data).
+    test_area: bool (H, W) or None.
+    test_fraction: share of the valid area for testing (paper: 2 of 3 + 2 = 0.4).
+    validation_fraction: share of the training area carved for validation.
+  """
+  axis = long_axis(valid.shape)
+  labels = np.full(valid.shape, TRAIN, np.uint8)
+  line_weights = valid.sum(axis=1 - axis)
+  if test_area is None:
+    cut = _cut_index(line_weights, 1.0 - test_fraction)
+    index = [slice(None), slice(None)]
+    index[axis] = slice(cut, None)
+    labels[tuple(index)] = TEST
+  else:
+    labels[test_area.astype(bool)] = TEST
+
+  train = labels == TRAIN
+  train_lines = (valid & train).sum(axis=1 - axis)
+  test_lines = (labels == TEST).sum(axis=1 - axis)
+  positions = np.arange(len(train_lines))
+  # Carve validation on the side of the training area that faces the test area.
+  test_centre = np.average(positions, weights=test_lines) if test_lines.any() else positions[-1]
+  train_centre = np.average(positions, weights=train_lines) if train_lines.any() else 0
+  if test_centre >= train_centre:
+    cut = _cut_index(train_lines, 1.0 - validation_fraction)
+    selected = positions >= cut
+  else:
+    cut = _cut_index(train_lines, validation_fraction)
+    selected = positions < cut
+  line_mask = selected[:, None] if axis == 0 else selected[None, :]
+  labels[train & line_mask] = VALIDATION
+  return labels
+
+
+def area_fractions(labels: np.ndarray, valid: np.ndarray) -> dict[str, float]:
+  """Share of the valid pixels in each area, e.g. {'train': 0.51, 'validation': 0.09, 'test': 0.4}."""
+  total = max(int(valid.sum()), 1)
+  return {name: float((valid & (labels == code)).sum() / total) for code, name in AREA_NAMES.items()}

@@ -1,0 +1,140 @@
+"""Builds the TFDS patch datasets of the requested sites and patch sizes (`python -m launch.prepare`).
+
+Datasets are built in a staging folder and moved into place only when complete, so a failed build leaves
+nothing half-written and never touches a dataset that was already there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from landslide_jax import constants
+from landslide_jax.data import site_inputs
+from landslide_jax.data.normalization import read_metadata
+from landslide_jax.errors import InputError
+
+DEMO_SEED = 0
+DEMO_DIRNAME = "landslide_jax_demo_raw"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedDataset:
+  """Where a prepared dataset lives and what its metadata says."""
+  site: str
+  patch: int
+  path: Path
+  metadata: dict
+  rebuilt: bool
+
+
+def default_data_dir() -> Path:
+  """TFDS's own default: $TFDS_DATA_DIR or ~/tensorflow_datasets."""
+  return Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+
+
+def demo_manual_dir(data_dir: str | os.PathLike, sites: tuple[str, ...], scale: float) -> Path:
+  """Writes (or reuses) the built-in synthetic demo scenes and says so, loudly, on stderr."""
+  from landslide_jax.data import demo  # pylint: disable=import-outside-toplevel
+  out = Path(data_dir) / DEMO_DIRNAME / f"scale{scale:g}-seed{DEMO_SEED}"
+  print(f"landslide_jax: no --manual_dir given, so using the built-in SYNTHETIC demo scenes "
+        f"(scale {scale:g}) in {out}; results on them say nothing about real landslides.",
+        file=sys.stderr, flush=True)
+  demo.write_demo_sites(out, sites=sites, scale=scale, seed=DEMO_SEED)
+  return out
+
+
+def _built(path: Path) -> bool:
+  return (path / "dataset_info.json").is_file() and (path / "metadata.json").is_file()
+
+
+def _install(staged: Path, target: Path) -> None:
+  """Moves a complete staged dataset to `target`, replacing an old one only once the new one is there."""
+  target.parent.mkdir(parents=True, exist_ok=True)
+  backup = None
+  if target.exists():
+    backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, backup)
+  os.replace(staged, target)
+  if backup is not None:
+    shutil.rmtree(backup)
+
+
+def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir: str | os.PathLike,
+                 channels: tuple[str, ...] = constants.DEFAULT_CHANNELS,
+                 overwrite: bool = False,
+                 max_nodata_fraction: float = constants.MAX_NODATA_FRACTION) -> PreparedDataset:
+  """Builds (or reuses) one site dataset at one patch size.
+
+  An existing dataset is reused when it was built from the same raw inputs (same content hash). If the
+  inputs changed, it is an error unless `overwrite`, in which case the new dataset replaces the old one
+  only after it was built completely.
+
+  Raises:
+    InputError: unusable raw inputs, or stale dataset without `overwrite`.
+  """
+  import tfds_builders  # pylint: disable=import-outside-toplevel  (pulls in TFDS only when building)
+  from tfds_builders import site_builder  # pylint: disable=import-outside-toplevel
+
+  data_dir = Path(data_dir)
+  config = site_builder.make_config(patch, channels, max_nodata_fraction)
+  builder = tfds_builders.get_site_builder(site, config, data_dir)
+  target = Path(builder.data_path)
+  input_hash = site_inputs.find_site_inputs(Path(manual_dir) / site).content_hash()
+  if _built(target):
+    metadata = read_metadata(target)
+    if metadata.get("input_hash") == input_hash:
+      return PreparedDataset(site, patch, target, metadata, rebuilt=False)
+    if not overwrite:
+      raise InputError(target, "dataset was built from different raw inputs",
+                       "pass --overwrite to rebuild it, or use another --data_dir")
+
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  data_dir.mkdir(parents=True, exist_ok=True)
+  staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=data_dir))
+  try:
+    staged_builder = tfds_builders.get_site_builder(site, config, staging)
+    staged_builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+    _install(Path(staged_builder.data_path), target)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return PreparedDataset(site, patch, target, read_metadata(target), rebuilt=True)
+
+
+def format_summary(prepared: list[PreparedDataset]) -> str:
+  """A table of patch counts per split and landslide shares, one row per dataset."""
+  lines = [f"{'site':<8} {'patch':>5} {'train':>6} {'val':>5} {'test':>5} {'dropped':>7} "
+           f"{'slide% train/val/test':>22}  source"]
+  for p in prepared:
+    areas = p.metadata["areas"]
+    dropped = sum(a["dropped_nodata"] for a in areas.values())
+    shares = "/".join(f"{100 * areas[s]['landslide_share']:.1f}" for s in ("train", "validation", "test"))
+    lines.append(f"{p.site:<8} {p.patch:>5} {areas['train']['patches']:>6} "
+                 f"{areas['validation']['patches']:>5} {areas['test']['patches']:>5} {dropped:>7} "
+                 f"{shares:>22}  {p.metadata['source']}")
+  return "\n".join(lines)
+
+
+def prepare(sites: tuple[str, ...], patches: tuple[int, ...], data_dir: str | os.PathLike | None = None,
+            manual_dir: str | os.PathLike | None = None,
+            channels: tuple[str, ...] = constants.DEFAULT_CHANNELS,
+            demo_scale: float = 1.0, overwrite: bool = False,
+            max_nodata_fraction: float = constants.MAX_NODATA_FRACTION) -> list[PreparedDataset]:
+  """Builds every (site, patch) dataset; uses the synthetic demo scenes when `manual_dir` is None."""
+  data_dir = Path(data_dir) if data_dir else default_data_dir()
+  if manual_dir is None:
+    manual_dir = demo_manual_dir(data_dir, tuple(sites), demo_scale)
+  prepared = []
+  for site in sites:
+    for patch in patches:
+      result = prepare_site(site, patch, data_dir, manual_dir, channels, overwrite,
+                            max_nodata_fraction)
+      verb = "built" if result.rebuilt else "up to date"
+      print(f"{site} p{patch}: {verb} at {result.path}", flush=True)
+      prepared.append(result)
+  return prepared

@@ -1,0 +1,2 @@
+"""TFDS builder `china`: see `china.py`."""
+from tfds_builders.china.china import China

@@ -1,0 +1,2 @@
+"""TFDS builder `japan`: see `japan.py`."""
+from tfds_builders.japan.japan import Japan

@@ -1,0 +1,170 @@
+"""Shared base of the paper-site builders (`taiwan`, `china`, `japan`) and the common feature spec.
+
+A site dataset is the site's scene split into training / validation / testing areas and cut into
+non-overlapping windows of one patch size (configs `p32`, `p64`, `p128`). Images are stored in physical
+units (S2 digital numbers, slope in degrees, DEM in metres); normalisation statistics computed on the
+training windows are stored in the dataset's `metadata.json` and applied when reading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from landslide_jax import constants
+from landslide_jax.data import normalization, patching, scene as scene_lib, site_inputs, split
+from landslide_jax.errors import InputError
+
+VERSION = tfds.core.Version("1.0.0")
+FILE_FORMAT = "array_record"
+
+
+def patch_features(patch: int, num_channels: int) -> tfds.features.FeaturesDict:
+  """The feature spec every landslide builder writes, so one input pipeline reads them all."""
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Tensor(shape=(patch, patch, num_channels), dtype=np.float32),
+      "mask": tfds.features.Tensor(shape=(patch, patch, 1), dtype=np.uint8),
+      "valid": tfds.features.Tensor(shape=(patch, patch, 1), dtype=np.uint8),
+      "row": np.int32,   # top-left pixel of the window on the site grid (stitching)
+      "col": np.int32,
+      "site": tfds.features.Text(),
+  })
+
+
+@dataclasses.dataclass(eq=False)
+class SitePatchConfig(tfds.core.BuilderConfig):
+  """One patch size and channel choice. The name encodes every non-default option, so that datasets
+  built with different options never share a directory."""
+  patch: int = 128
+  channels: tuple[str, ...] = constants.DEFAULT_CHANNELS
+  test_fraction: float = constants.TEST_FRACTION
+  validation_fraction: float = constants.VALIDATION_FRACTION
+  max_nodata_fraction: float = constants.MAX_NODATA_FRACTION
+
+
+def make_config(patch: int, channels: tuple[str, ...] = constants.DEFAULT_CHANNELS,
+                max_nodata_fraction: float = constants.MAX_NODATA_FRACTION) -> SitePatchConfig:
+  """Config for a patch size and channel list: `p128`, or e.g. `p128-B2-B3-B4-B8-slope-dem`."""
+  if patch not in constants.PATCH_SIZES:
+    raise ValueError(f"patch size {patch} is not one of {constants.PATCH_SIZES}")
+  name = f"p{patch}"
+  if tuple(channels) != constants.DEFAULT_CHANNELS:
+    name += "-" + "-".join(channels)
+  if max_nodata_fraction != constants.MAX_NODATA_FRACTION:
+    name += f"-nodata{max_nodata_fraction:g}"
+  return SitePatchConfig(name=name, patch=patch, channels=tuple(channels),
+                         max_nodata_fraction=max_nodata_fraction,
+                         description=f"{patch} px windows of channels {', '.join(channels)}")
+
+
+@functools.lru_cache(maxsize=1)
+def _load_scene(site_dir: str, channels: tuple[str, ...], name: str, input_hash: str) -> scene_lib.Scene:
+  # Keyed on the input hash: building p32, p64 and p128 in one process reads the rasters once, and a
+  # changed input is never served from the cache.
+  del input_hash
+  return scene_lib.load_scene(site_dir, channels, name)
+
+
+def _share(values: np.ndarray, valid: np.ndarray) -> float:
+  n = int(valid.sum())
+  return float(values[valid.astype(bool)].sum() / n) if n else 0.0
+
+
+class SiteBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base builder: reads `<manual_dir>/<SITE>/`, splits, patches and writes array_record shards."""
+
+  SITE: ClassVar[str]
+  VERSION = VERSION
+  RELEASE_NOTES = {"1.0.0": "First release: paper channels, 3:2 split, validation block."}
+  BUILDER_CONFIGS = [make_config(p) for p in constants.PATCH_SIZES]
+  DEFAULT_CONFIG_NAME = "p128"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Put the site's raw inputs in <manual_dir>/<site>/ (Sentinel-2, DEM, inventory; see README.md), "
+      "then run: python -m launch.prepare --site=<site> --manual_dir=<manual_dir>")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    site = constants.SITES[self.SITE]
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=(f"Landslide patches of {site.title}: Sentinel-2 and DEM channels with landslide "
+                     "masks, after Ghorbanzadeh et al. 2021 (Sci. Rep.)."),
+        features=patch_features(self.builder_config.patch, len(self.builder_config.channels)),
+        metadata=tfds.core.MetadataDict(),
+        citation="Ghorbanzadeh, O. et al. (2021) Sci. Rep. 11, 14629.",
+    )
+
+  def _split_generators(self, dl_manager):
+    config: SitePatchConfig = self.builder_config
+    site_dir = Path(dl_manager.manual_dir) / self.SITE
+    input_hash = site_inputs.find_site_inputs(site_dir).content_hash()
+    scene = _load_scene(str(site_dir), config.channels, self.SITE, input_hash)
+    labels = split.split_train_test(scene.valid, scene.test_area, config.test_fraction,
+                                    config.validation_fraction)
+    grids = {
+        name: patching.patch_grid(labels, scene.valid, code, config.patch, config.max_nodata_fraction)
+        for code, name in split.AREA_NAMES.items()
+    }
+    for name, grid in grids.items():
+      if len(grid) == 0:
+        raise InputError(site_dir, f"no {config.patch} px window fits in the {name} area "
+                         f"(scene {scene.grid.shape[0]}x{scene.grid.shape[1]} px)",
+                         "choose a smaller --patch or a larger scene")
+    train_valid = grids["train"].windows(scene.valid)
+    stats = normalization.channel_stats(grids["train"].windows(scene.image), train_valid,
+                                        scene.channels)
+    self.info.metadata.update(self._metadata(scene, labels, grids, stats))
+    return {name: self._generate_examples(scene, grid) for name, grid in grids.items()}
+
+  def _metadata(self, scene, labels, grids, stats) -> dict:
+    config: SitePatchConfig = self.builder_config
+    areas = {}
+    for name, grid in grids.items():
+      valid = grid.windows(scene.valid)
+      masks = grid.windows(scene.landslides)
+      code = [k for k, v in split.AREA_NAMES.items() if v == name][0]
+      rows, cols = np.nonzero(labels == code)
+      r0, c0 = int(rows.min()), int(cols.min())
+      areas[name] = {
+          "patches": len(grid),
+          "dropped_nodata": grid.dropped_nodata,
+          "dropped_boundary": grid.dropped_boundary,
+          "landslide_share": _share(masks, valid),
+          "transform": list(scene.grid.window_transform(r0, c0))[:6],
+          "shape": [int(rows.max()) + 1 - r0, int(cols.max()) + 1 - c0],
+      }
+    return {
+        "site": self.SITE,
+        "title": constants.SITES[self.SITE].title,
+        "source": scene.source,
+        "input_hash": scene.input_hash,
+        "patch": config.patch,
+        "channels": list(scene.channels),
+        "normalization": stats.to_json(),
+        "grid": scene.grid.to_json(),
+        "split": {
+            "method": "test-area file" if scene.test_area is not None else
+                      f"cut across axis {split.long_axis(labels.shape)}",
+            "area_fractions": split.area_fractions(labels, scene.valid),
+            "test_fraction": config.test_fraction,
+            "validation_fraction": config.validation_fraction,
+            "max_nodata_fraction": config.max_nodata_fraction,
+        },
+        "areas": areas,
+    }
+
+  def _generate_examples(self, scene: scene_lib.Scene, grid: patching.PatchGrid):
+    p = grid.patch
+    for r, c in zip(grid.rows.tolist(), grid.cols.tolist()):
+      yield f"{r}_{c}", {
+          "image": np.ascontiguousarray(np.moveaxis(scene.image[:, r:r + p, c:c + p], 0, -1)),
+          "mask": scene.landslides[r:r + p, c:c + p, None],
+          "valid": scene.valid[r:r + p, c:c + p, None].astype(np.uint8),
+          "row": r,
+          "col": c,
+          "site": self.SITE,
+      }

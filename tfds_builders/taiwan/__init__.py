@@ -1,0 +1,2 @@
+"""TFDS builder `taiwan`: see `taiwan.py`."""
+from tfds_builders.taiwan.taiwan import Taiwan
