@@ -14,10 +14,11 @@ import tempfile
 from pathlib import Path
 
 from landslide_jax import constants
-from landslide_jax.data import site_inputs
+from landslide_jax.data import landslide4sense, site_inputs
 from landslide_jax.data.normalization import read_metadata
 from landslide_jax.errors import InputError
 
+PREPARABLE = constants.SITE_NAMES + ("landslide4sense",)
 DEMO_SEED = 0
 DEMO_DIRNAME = "landslide_jax_demo_raw"
 
@@ -64,11 +65,19 @@ def _install(staged: Path, target: Path) -> None:
     shutil.rmtree(backup)
 
 
+def input_hash(name: str, manual_dir: str | os.PathLike) -> str:
+  """Content hash of the raw inputs a dataset is built from (a paper site or 'landslide4sense')."""
+  if name == "landslide4sense":
+    splits, _ = landslide4sense.plan_splits(landslide4sense.find_root(manual_dir))
+    return landslide4sense.content_hash(splits)
+  return site_inputs.find_site_inputs(Path(manual_dir) / name).content_hash()
+
+
 def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir: str | os.PathLike,
                  channels: tuple[str, ...] = constants.DEFAULT_CHANNELS,
                  overwrite: bool = False,
                  max_nodata_fraction: float = constants.MAX_NODATA_FRACTION) -> PreparedDataset:
-  """Builds (or reuses) one site dataset at one patch size.
+  """Builds (or reuses) one dataset (a paper site or 'landslide4sense') at one patch size.
 
   An existing dataset is reused when it was built from the same raw inputs (same content hash). If the
   inputs changed, it is an error unless `overwrite`, in which case the new dataset replaces the old one
@@ -79,15 +88,19 @@ def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir:
   """
   import tfds_builders  # pylint: disable=import-outside-toplevel  (pulls in TFDS only when building)
   from tfds_builders import site_builder  # pylint: disable=import-outside-toplevel
+  from tfds_builders.landslide4sense import landslide4sense as l4s_builder  # pylint: disable=import-outside-toplevel
 
   data_dir = Path(data_dir)
-  config = site_builder.make_config(patch, channels, max_nodata_fraction)
-  builder = tfds_builders.get_site_builder(site, config, data_dir)
+  if site == "landslide4sense":
+    config = l4s_builder.make_config(patch, channels)
+  else:
+    config = site_builder.make_config(patch, channels, max_nodata_fraction)
+  builder = tfds_builders.get_builder(site, config, data_dir)
   target = Path(builder.data_path)
-  input_hash = site_inputs.find_site_inputs(Path(manual_dir) / site).content_hash()
+  current_hash = input_hash(site, manual_dir)
   if _built(target):
     metadata = read_metadata(target)
-    if metadata.get("input_hash") == input_hash:
+    if metadata.get("input_hash") == current_hash:
       return PreparedDataset(site, patch, target, metadata, rebuilt=False)
     if not overwrite:
       raise InputError(target, "dataset was built from different raw inputs",
@@ -97,7 +110,7 @@ def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir:
   data_dir.mkdir(parents=True, exist_ok=True)
   staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=data_dir))
   try:
-    staged_builder = tfds_builders.get_site_builder(site, config, staging)
+    staged_builder = tfds_builders.get_builder(site, config, staging)
     staged_builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
     _install(Path(staged_builder.data_path), target)
@@ -108,13 +121,13 @@ def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir:
 
 def format_summary(prepared: list[PreparedDataset]) -> str:
   """A table of patch counts per split and landslide shares, one row per dataset."""
-  lines = [f"{'site':<8} {'patch':>5} {'train':>6} {'val':>5} {'test':>5} {'dropped':>7} "
+  lines = [f"{'site':<15} {'patch':>5} {'train':>6} {'val':>5} {'test':>5} {'dropped':>7} "
            f"{'slide% train/val/test':>22}  source"]
   for p in prepared:
     areas = p.metadata["areas"]
     dropped = sum(a["dropped_nodata"] for a in areas.values())
     shares = "/".join(f"{100 * areas[s]['landslide_share']:.1f}" for s in ("train", "validation", "test"))
-    lines.append(f"{p.site:<8} {p.patch:>5} {areas['train']['patches']:>6} "
+    lines.append(f"{p.site:<15} {p.patch:>5} {areas['train']['patches']:>6} "
                  f"{areas['validation']['patches']:>5} {areas['test']['patches']:>5} {dropped:>7} "
                  f"{shares:>22}  {p.metadata['source']}")
   return "\n".join(lines)
@@ -137,4 +150,28 @@ def prepare(sites: tuple[str, ...], patches: tuple[int, ...], data_dir: str | os
       verb = "built" if result.rebuilt else "up to date"
       print(f"{site} p{patch}: {verb} at {result.path}", flush=True)
       prepared.append(result)
+  return prepared
+
+
+def prepare_from_flags(site: str, patches: list[str], data_dir: str | None, manual_dir: str | None,
+                       channels: str, demo_scale: float, overwrite: bool,
+                       max_nodata_fraction: float) -> list[PreparedDataset]:
+  """`launch.prepare`: checks the flag values, builds, prints the patch-count table."""
+  try:
+    valid = constants.L4S_CHANNELS if site == "landslide4sense" else constants.SITE_CHANNELS
+    parsed = constants.parse_channels(channels, valid)
+  except ValueError as err:
+    raise InputError(None, f"--channels: {err}", "pass names from the list above") from None
+  if not 0.0 <= max_nodata_fraction <= 1.0:
+    raise InputError(None, f"--max_nodata_fraction={max_nodata_fraction} is outside [0, 1]",
+                     "pass a share such as 0.5")
+  if demo_scale <= 0:
+    raise InputError(None, f"--demo_scale={demo_scale} must be positive", "pass e.g. 1.0 or 0.1")
+  if site == "landslide4sense" and manual_dir is None:
+    raise InputError(None, "--site=landslide4sense needs --manual_dir",
+                     "pass the folder holding TrainData/ (e.g. ../shared/data/landslide4sense_sample)")
+  sites = constants.SITE_NAMES if site == "all" else (site,)
+  prepared = prepare(sites, tuple(int(p) for p in patches), data_dir, manual_dir, parsed, demo_scale,
+                     overwrite, max_nodata_fraction)
+  print(format_summary(prepared), flush=True)
   return prepared

@@ -22,7 +22,7 @@ def test_prepare_site_round_trip(make_site, tmp_path):
   import tensorflow_datasets as tfds
   import tfds_builders
   from tfds_builders import site_builder
-  builder = tfds_builders.get_site_builder("china", site_builder.make_config(32), tmp_path / "tfds")
+  builder = tfds_builders.get_builder("china", site_builder.make_config(32), tmp_path / "tfds")
   source = builder.as_data_source()
   assert set(source) == {"train", "validation", "test"}
   example = source["train"][0]

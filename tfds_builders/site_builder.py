@@ -47,14 +47,20 @@ class SitePatchConfig(tfds.core.BuilderConfig):
   max_nodata_fraction: float = constants.MAX_NODATA_FRACTION
 
 
-def make_config(patch: int, channels: tuple[str, ...] = constants.DEFAULT_CHANNELS,
-                max_nodata_fraction: float = constants.MAX_NODATA_FRACTION) -> SitePatchConfig:
-  """Config for a patch size and channel list: `p128`, or e.g. `p128-B2-B3-B4-B8-slope-dem`."""
+def config_name(patch: int, channels: tuple[str, ...]) -> str:
+  """`p128` for the paper's channels, e.g. `p128-B2-B3-B4-B8-slope-dem` otherwise."""
   if patch not in constants.PATCH_SIZES:
     raise ValueError(f"patch size {patch} is not one of {constants.PATCH_SIZES}")
   name = f"p{patch}"
   if tuple(channels) != constants.DEFAULT_CHANNELS:
     name += "-" + "-".join(channels)
+  return name
+
+
+def make_config(patch: int, channels: tuple[str, ...] = constants.DEFAULT_CHANNELS,
+                max_nodata_fraction: float = constants.MAX_NODATA_FRACTION) -> SitePatchConfig:
+  """Config for a patch size, channel list and nodata threshold."""
+  name = config_name(patch, channels)
   if max_nodata_fraction != constants.MAX_NODATA_FRACTION:
     name += f"-nodata{max_nodata_fraction:g}"
   return SitePatchConfig(name=name, patch=patch, channels=tuple(channels),

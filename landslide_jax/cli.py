@@ -1,0 +1,22 @@
+"""What every `launch/*` entry point shares: turning bad input into one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from landslide_jax.errors import InputError
+
+EXIT_BAD_INPUT = 2
+
+
+def run_reporting_input_errors(fn: Callable[[], object]) -> None:
+  """Calls `fn`; an `InputError` (or a bad flag value, ValueError from flag checks) becomes one line.
+
+  Other exceptions keep their traceback: they are bugs, and the traceback is what a bug report needs.
+  """
+  try:
+    fn()
+  except InputError as err:
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_BAD_INPUT)
