@@ -76,7 +76,10 @@ def read_band(src: rasterio.io.DatasetReader, index: int, what: str, **kwargs) -
   try:
     return src.read(index, **kwargs)
   except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError) as err:
-    raise InputError(src.name, f"cannot decode {what} band {index} ({str(err).splitlines()[0][:160]})",
+    # rasterio's own text is "Read failed. See previous exception for details."; the GDAL reason is in
+    # the cause, which the one-line message would otherwise hide.
+    detail = str(err.__cause__ or err).splitlines()[0][:160]
+    raise InputError(src.name, f"cannot decode {what} band {index} ({detail})",
                      "the file is corrupt or truncated: re-export or re-download it") from None
 
 
@@ -92,6 +95,13 @@ def grid_of(src: rasterio.io.DatasetReader) -> Grid:
 def _same_grid(a: Grid, b: Grid) -> bool:
   return (a.crs == b.crs and a.shape == b.shape
           and a.transform.almost_equals(b.transform, precision=1e-6 * abs(a.transform.a)))
+
+
+def _describe(grid: Grid) -> str:
+  # Shape, CRS, origin and pixel size: two grids can differ in any one of them alone (a shifted origin
+  # is the usual one), so the message must show all four or it can read "(200, 600) vs (200, 600)".
+  t = grid.transform
+  return f"shape {grid.shape}, {grid.crs}, origin ({t.c:.2f}, {t.f:.2f}), pixel ({t.a:g}, {t.e:g})"
 
 
 def _stack_band_names(src: rasterio.io.DatasetReader, declared: tuple[str, ...] | None) -> list[str]:
@@ -147,7 +157,7 @@ def read_sentinel2(inputs, bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarr
           grid, first = band_grid, path
         elif not _same_grid(grid, band_grid):
           raise InputError(path, f"band {band} is on a different grid than {first.name} "
-                           f"({band_grid.shape} vs {grid.shape}, {band_grid.crs} vs {grid.crs})",
+                           f"({_describe(band_grid)} vs {_describe(grid)})",
                            "resample all bands onto one 10 m grid (gdalwarp -tr 10 10 -tap)")
         layers.append(read_band(src, 1, f"Sentinel-2 {band}").astype(np.float32))
         nodata_values.append(src.nodatavals[0])
