@@ -107,6 +107,7 @@ def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir:
                        "pass --overwrite to rebuild it, or use another --data_dir")
 
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  created = not data_dir.exists()
   data_dir.mkdir(parents=True, exist_ok=True)
   staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=data_dir))
   try:
@@ -116,6 +117,8 @@ def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir:
     _install(Path(staged_builder.data_path), target)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+    if created and not any(data_dir.iterdir()):
+      data_dir.rmdir()  # a failed first build leaves no trace, not even an empty data dir
   return PreparedDataset(site, patch, target, read_metadata(target), rebuilt=True)
 
 

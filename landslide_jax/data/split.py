@@ -25,6 +25,25 @@ def long_axis(shape: tuple[int, int]) -> int:
   return 0 if shape[0] > shape[1] else 1
 
 
+def _facing_axis(train: np.ndarray, test: np.ndarray, default: int) -> int:
+  """The axis along which the test area's centre lies furthest from the training area's (in pixels).
+
+  A test-area file can put the test area on any side of the scene, e.g. its southern part of a wide
+  scene; the validation block must then be the training rows next to it, not columns at one end.
+  """
+  offsets = []
+  for axis in (0, 1):
+    test_lines, train_lines = test.sum(axis=1 - axis), train.sum(axis=1 - axis)
+    if not test_lines.any() or not train_lines.any():
+      offsets.append(0.0)
+      continue
+    positions = np.arange(train.shape[axis])
+    offsets.append(abs(np.average(positions, weights=test_lines)
+                       - np.average(positions, weights=train_lines)))
+  other = 1 - default
+  return other if offsets[other] > offsets[default] else default
+
+
 def split_train_test(valid: np.ndarray,
                      test_area: np.ndarray | None = None,
                      test_fraction: float = constants.TEST_FRACTION,
@@ -54,6 +73,8 @@ def split_train_test(valid: np.ndarray,
     labels[test_area.astype(bool)] = TEST
 
   train = labels == TRAIN
+  if test_area is not None:
+    axis = _facing_axis(valid & train, labels == TEST, axis)
   train_lines = (valid & train).sum(axis=1 - axis)
   test_lines = (labels == TEST).sum(axis=1 - axis)
   positions = np.arange(len(train_lines))

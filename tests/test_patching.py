@@ -1,0 +1,167 @@
+"""Tests for landslide_jax.data.patching: window counts, boundaries, nodata, and a real build's splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from landslide_jax import constants, prepare
+from landslide_jax.data import patching, scene as scene_lib, split
+from landslide_jax.data.split import TEST, TRAIN, VALIDATION
+
+_CODES = {"train": TRAIN, "validation": VALIDATION, "test": TEST}
+
+
+def _first_line(labels: np.ndarray, code: int, axis: int) -> int:
+  """First row (axis 0) or column (axis 1) holding the area `code`."""
+  return int(np.flatnonzero((labels == code).any(axis=1 - axis))[0])
+
+
+def _check_windows(grid: patching.PatchGrid, labels: np.ndarray, code: int, painted: np.ndarray):
+  """Every pixel of every window is in the area; windows are aligned to the area's bounding box origin
+  and never overlap (`painted` counts windows per pixel over all areas)."""
+  p = grid.patch
+  rows, cols = np.nonzero(labels == code)
+  r0, c0 = rows.min(), cols.min()
+  assert ((grid.rows - r0) % p == 0).all() and ((grid.cols - c0) % p == 0).all()
+  for r, c in zip(grid.rows, grid.cols):
+    assert (labels[r:r + p, c:c + p] == code).all(), f"window ({r}, {c}) crosses the {grid.area} boundary"
+    painted[r:r + p, c:c + p] += 1
+
+
+def test_counts_200x600_patch32():
+  valid = np.ones((200, 600), bool)
+  labels = split.split_train_test(valid)
+  # Wide scene: cut across columns. Test = columns from 0.6 * 600 = 360 on (240 columns). Validation =
+  # training columns from 0.85 * 360 = 306 on (54 columns). Train = columns 0..305 (306 columns).
+  assert _first_line(labels, VALIDATION, 1) == 306
+  assert _first_line(labels, TEST, 1) == 360
+  grids = {name: patching.patch_grid(labels, valid, code, 32) for name, code in _CODES.items()}
+  # 200 rows // 32 = 6 window rows in every area.
+  assert len(grids["train"]) == (200 // 32) * (306 // 32) == 6 * 9 == 54
+  assert len(grids["validation"]) == (200 // 32) * (54 // 32) == 6 * 1 == 6
+  assert len(grids["test"]) == (200 // 32) * (240 // 32) == 6 * 7 == 42
+  for grid in grids.values():
+    assert grid.dropped_nodata == 0 and grid.dropped_boundary == 0
+    assert grid.rows.dtype == np.int32 and grid.cols.dtype == np.int32
+
+
+@pytest.mark.parametrize("patch, expected", [
+    # Tall 2000 x 1000 scene, cut across rows. Test = rows 0.6 * 2000 = 1200.. (800 rows); validation =
+    # rows 0.85 * 1200 = 1020..1199 (180 rows); train = rows 0..1019 (1020 rows); 1000 columns each.
+    (32, {"train": 31 * 31, "validation": 5 * 31, "test": 25 * 31}),   # 1020//32, 180//32, 800//32; 1000//32
+    (64, {"train": 15 * 15, "validation": 2 * 15, "test": 12 * 15}),   # 1020//64, 180//64, 800//64; 1000//64
+    (128, {"train": 7 * 7, "validation": 1 * 7, "test": 6 * 7}),       # 1020//128, 180//128, 800//128; 1000//128
+])
+def test_counts_per_patch_size(patch, expected):
+  valid = np.ones((2000, 1000), bool)
+  labels = split.split_train_test(valid)
+  assert _first_line(labels, VALIDATION, 0) == 1020
+  assert _first_line(labels, TEST, 0) == 1200
+  painted = np.zeros(labels.shape, np.int32)
+  for name, code in _CODES.items():
+    grid = patching.patch_grid(labels, valid, code, patch)
+    assert len(grid) == expected[name], name
+    _check_windows(grid, labels, code, painted)
+  assert painted.max() == 1
+
+
+def test_windows_stay_inside_their_area():
+  # 128 x 128 training area with a 64 x 64 test block at (40, 40), off the 32 px grid of training.
+  labels = np.full((128, 128), TRAIN, np.uint8)
+  labels[40:104, 40:104] = TEST
+  valid = np.ones(labels.shape, bool)
+  train = patching.patch_grid(labels, valid, TRAIN, 32)
+  test = patching.patch_grid(labels, valid, TEST, 32)
+  # Training's 4 x 4 grid from (0, 0): windows in grid rows/cols 1..3 both touch the block (rows/cols
+  # 32..127 meet 40..103), so 9 are not whole; (2, 2) = rows/cols 64..95 lies inside the block and
+  # does not touch training at all. Kept 16 - 9 = 7; dropped at the boundary 9 - 1 = 8.
+  assert len(train) == 7 and train.dropped_boundary == 8 and train.dropped_nodata == 0
+  assert sorted(zip(train.rows.tolist(), train.cols.tolist())) == [
+      (0, 0), (0, 32), (0, 64), (0, 96), (32, 0), (64, 0), (96, 0)]
+  # The test block gets its own grid from its corner (40, 40): 2 x 2 whole windows.
+  assert sorted(zip(test.rows.tolist(), test.cols.tolist())) == [(40, 40), (40, 72), (72, 40), (72, 72)]
+  assert test.dropped_boundary == 0
+  painted = np.zeros(labels.shape, np.int32)
+  _check_windows(train, labels, TRAIN, painted)
+  _check_windows(test, labels, TEST, painted)
+  assert painted.max() == 1
+  # windows() cuts exactly those pixels, in plan order.
+  image = np.arange(2 * 128 * 128).reshape(2, 128, 128)
+  cut = test.windows(image)
+  assert cut.shape == (4, 2, 32, 32)
+  np.testing.assert_array_equal(cut[0], image[:, test.rows[0]:test.rows[0] + 32,
+                                              test.cols[0]:test.cols[0] + 32])
+
+
+def test_windows_of_an_irregular_split():
+  # A test-area override with nodata: windows still never cross a boundary or overlap.
+  valid = np.ones((300, 500), bool)
+  valid[:70, :90] = False
+  test_area = np.zeros(valid.shape, bool)
+  test_area[100:260, 330:] = True
+  labels = split.split_train_test(valid, test_area)
+  painted = np.zeros(labels.shape, np.int32)
+  total = 0
+  for code in (TRAIN, VALIDATION, TEST):
+    grid = patching.patch_grid(labels, valid, code, 32)
+    _check_windows(grid, labels, code, painted)
+    total += len(grid)
+  assert total > 0 and painted.max() == 1
+
+
+def test_nodata_threshold():
+  # 64 x 64 training area = four 32 px windows with 512 (exactly half), 513, 1024 and 0 nodata pixels.
+  labels = np.full((64, 64), TRAIN, np.uint8)
+  valid = np.ones((64, 64), bool)
+  valid[0:16, 0:32] = False                               # window (0, 0): 16 * 32 = 512
+  valid[0:16, 32:64] = False                              # window (0, 32): 512 ...
+  valid[16, 32] = False                                   # ... + 1 = 513
+  valid[32:64, 0:32] = False                              # window (32, 0): 1024
+  grid = patching.patch_grid(labels, valid, TRAIN, 32)    # default max_nodata_fraction 0.5 = 512 px
+  assert constants.MAX_NODATA_FRACTION == 0.5
+  assert sorted(zip(grid.rows.tolist(), grid.cols.tolist())) == [(0, 0), (32, 32)]
+  assert grid.dropped_nodata == 2 and grid.dropped_boundary == 0
+  strict = patching.patch_grid(labels, valid, TRAIN, 32, max_nodata_fraction=0.0)
+  assert list(zip(strict.rows.tolist(), strict.cols.tolist())) == [(32, 32)]
+  assert strict.dropped_nodata == 3
+  lenient = patching.patch_grid(labels, valid, TRAIN, 32, max_nodata_fraction=1.0)
+  assert len(lenient) == 4 and lenient.dropped_nodata == 0
+
+
+def test_empty_area():
+  labels = np.full((64, 64), TRAIN, np.uint8)
+  grid = patching.patch_grid(labels, np.ones((64, 64), bool), TEST, 32)
+  assert len(grid) == 0 and grid.windows(np.zeros((3, 64, 64))).shape == (0, 3, 32, 32)
+  # An area narrower than the patch yields nothing either.
+  labels[:, 40:] = TEST
+  assert len(patching.patch_grid(labels, np.ones((64, 64), bool), TEST, 32)) == 0
+
+
+def test_built_splits_are_disjoint(make_site, tmp_path):
+  import tfds_builders  # pylint: disable=import-outside-toplevel
+  from tfds_builders import site_builder  # pylint: disable=import-outside-toplevel
+
+  site = make_site("china", shape=(200, 600))
+  prepare.prepare_site("china", 32, tmp_path / "tfds", site.parent)
+  builder = tfds_builders.get_builder("china", site_builder.make_config(32), tmp_path / "tfds")
+  source = builder.as_data_source()
+  windows = {name: [(int(ex["row"]), int(ex["col"])) for ex in source[name]] for name in _CODES}
+  assert {name: len(w) for name, w in windows.items()} == {"train": 54, "validation": 6, "test": 42}
+
+  # Labels recomputed independently of the builder, from the scene's own valid mask.
+  scene = scene_lib.load_scene(site, constants.DEFAULT_CHANNELS, "china")
+  labels = split.split_train_test(scene.valid)
+  p = 32
+  cover = {name: np.zeros(labels.shape, np.int32) for name in _CODES}
+  for name, positions in windows.items():
+    assert len(set(positions)) == len(positions), f"{name} holds a window twice"
+    for r, c in positions:
+      assert (labels[r:r + p, c:c + p] == _CODES[name]).all(), f"{name} window ({r}, {c}) leaves its area"
+      cover[name][r:r + p, c:c + p] += 1
+  training = cover["train"] + cover["validation"]
+  assert not (training[labels == TEST]).any(), "a test pixel lies in a train or validation window"
+  assert training.max() == 1, "train and validation windows overlap"
+  assert not (cover["train"] & cover["validation"]).any()
+  assert not (cover["test"][labels != TEST]).any()
+  assert (training + cover["test"]).max() == 1
