@@ -165,3 +165,17 @@ def test_area_fractions_known_values():
   # No valid pixel at all: zero shares, not a division by zero.
   assert split.area_fractions(labels, np.zeros_like(valid)) == {
       "train": 0.0, "validation": 0.0, "test": 0.0}
+
+
+def test_min_validation_lines_deepens_a_thin_validation_block():
+  # 1000 x 640 all valid (the demo China shape): rows are the long axis. Train+validation = rows
+  # [0, 600); 15% of 600 rows = 90 rows of validation, too shallow for one 128 px window.
+  valid = np.ones((1000, 640), bool)
+  default = split.split_train_test(valid)
+  assert np.flatnonzero((default == split.VALIDATION).any(axis=1)).tolist() == list(range(510, 600))
+  deep = split.split_train_test(valid, min_validation_lines=128)
+  rows = np.flatnonzero((deep == split.VALIDATION).any(axis=1))
+  assert rows.tolist() == list(range(472, 600))  # 128 rows, still adjacent to the test area
+  assert (deep == split.TEST).sum() == (default == split.TEST).sum()  # the test area never moves
+  # A block already deep enough is left as it is.
+  assert np.array_equal(split.split_train_test(valid, min_validation_lines=64), default)

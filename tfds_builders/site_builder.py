@@ -110,7 +110,7 @@ class SiteBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     input_hash = site_inputs.find_site_inputs(site_dir).content_hash()
     scene = _load_scene(str(site_dir), config.channels, self.SITE, input_hash)
     labels = split.split_train_test(scene.valid, scene.test_area, config.test_fraction,
-                                    config.validation_fraction)
+                                    config.validation_fraction, min_validation_lines=config.patch)
     grids = {
         name: patching.patch_grid(labels, scene.valid, code, config.patch, config.max_nodata_fraction)
         for code, name in split.AREA_NAMES.items()

@@ -47,7 +47,8 @@ def _facing_axis(train: np.ndarray, test: np.ndarray, default: int) -> int:
 def split_train_test(valid: np.ndarray,
                      test_area: np.ndarray | None = None,
                      test_fraction: float = constants.TEST_FRACTION,
-                     validation_fraction: float = constants.VALIDATION_FRACTION) -> np.ndarray:
+                     validation_fraction: float = constants.VALIDATION_FRACTION,
+                     min_validation_lines: int = 0) -> np.ndarray:
   """Labels each pixel TRAIN, VALIDATION or TEST (uint8 (H, W); OUTSIDE only where nothing applies).
 
   Default: one straight cut across the longer axis, so that the first (1 - test_fraction) of the valid
@@ -60,6 +61,10 @@ def split_train_test(valid: np.ndarray,
     test_area: bool (H, W) or None.
     test_fraction: share of the valid area for testing (paper: 2 of 3 + 2 = 0.4).
     validation_fraction: share of the training area carved for validation.
+    min_validation_lines: the validation block spans at least this many lines (rows or columns) of the
+      training area. Builders pass the patch size, so that a small site (China at 128 px) still gets a
+      validation window; the block is then larger than `validation_fraction`, and the metadata's
+      `area_fractions` say by how much.
   """
   axis = long_axis(valid.shape)
   labels = np.full(valid.shape, TRAIN, np.uint8)
@@ -81,11 +86,13 @@ def split_train_test(valid: np.ndarray,
   # Carve validation on the side of the training area that faces the test area.
   test_centre = np.average(positions, weights=test_lines) if test_lines.any() else positions[-1]
   train_centre = np.average(positions, weights=train_lines) if train_lines.any() else 0
+  occupied = np.flatnonzero(train_lines)
+  first, last = (int(occupied[0]), int(occupied[-1])) if occupied.size else (0, len(positions) - 1)
   if test_centre >= train_centre:
-    cut = _cut_index(train_lines, 1.0 - validation_fraction)
+    cut = min(_cut_index(train_lines, 1.0 - validation_fraction), last + 1 - min_validation_lines)
     selected = positions >= cut
   else:
-    cut = _cut_index(train_lines, validation_fraction)
+    cut = max(_cut_index(train_lines, validation_fraction), first + min_validation_lines)
     selected = positions < cut
   line_mask = selected[:, None] if axis == 0 else selected[None, :]
   labels[train & line_mask] = VALIDATION
