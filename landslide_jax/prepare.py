@@ -112,6 +112,8 @@ def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir:
   staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=data_dir))
   try:
     staged_builder = tfds_builders.get_builder(site, config, staging)
+    # TFDS's nested progress bars turn logs into escape-code soup; we print one line per dataset.
+    tfds.disable_progress_bar()
     staged_builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
     _install(Path(staged_builder.data_path), target)

@@ -96,9 +96,12 @@ class _Style:
   mid_elev_m: float            # Median elevation of the hill terrain.
   river_elev_m: tuple[float, float]  # Main river elevation at its two ends.
   max_elev_m: float            # Peaks are compressed softly towards this.
-  corner_m: float              # Longest terrain wavelength with full power (spectrum corner).
-  valley_corner_m: float       # Wavelength of the tributary valley network.
-  valley_weight: float
+  massif_std_m: float          # Regional relief (std of the long-wavelength massif).
+  massif_corner_m: float
+  corner_m: float              # Longest wavelength of the hills with full power (spectrum corner).
+  hill_beta: float             # Spectral exponent of the hills: higher = smoother, longer hillslopes.
+  valley_corner_m: float       # Longest wavelength of the valley-and-ridge network.
+  valley_weight: float         # Weight of that network relative to the fractal hills.
   river_angle_deg: tuple[float, float]  # Range of the main valley's direction (0 = east-west).
   wall_deg: float              # Main valley side slope.
   floor_half_m: float          # Half-width of the main valley's flat floor.
@@ -115,7 +118,7 @@ class _Style:
   grass_share: float           # Share of the hills under grass/shrub below the treeline.
   parcel_m: tuple[float, float]
   # Landslides.
-  landslide_share: float
+  landslide_share: float       # Target share of the scene under event landslides.
   area_median_m2: float
   area_sigma: float
   area_max_m2: float
@@ -123,10 +126,10 @@ class _Style:
   trigger_slope_deg: float     # Landslide seeds concentrate above this slope.
   stop_slope_deg: float        # Runout stops on ground flatter than this.
   cluster: float               # Strength of the spatial clustering of landslides.
-  old_scar_ratio: float        # Old scars (not inventoried) per event landslide.
+  old_scar_ratio: float        # Area of old scars (not inventoried) per area of event landslides.
   # Atmosphere and illumination.
-  cloud_share: float
-  haze: float
+  cloud_share: float           # Target share masked as cloud or shadow.
+  haze: float                  # Strength of thin haze (never masked).
   sun_azimuth_deg: float
   sun_elevation_deg: float
   swath_edge_share: float      # Share of the scene beyond the orbit swath edge (S2 nodata = 0).
@@ -135,39 +138,48 @@ class _Style:
 _STYLES: dict[str, _Style] = {
     # Typhoon-triggered slides in rugged, forested high-relief terrain with wide braided gravel rivers.
     "taiwan": _Style(
-        median_slope_deg=32.0, mid_elev_m=1500.0, river_elev_m=(300.0, 420.0), max_elev_m=2500.0,
-        corner_m=6000.0, valley_corner_m=1500.0, valley_weight=0.9, river_angle_deg=(-20.0, 20.0),
-        wall_deg=33.0, floor_half_m=170.0, gravel_half_m=150.0, water_half_m=14.0, lakes=0,
-        fill_quantile=0.03, treeline_m=1e9, rockline_m=1e9, field_max_slope_deg=5.0, field_share=0.5,
+        median_slope_deg=32.0, mid_elev_m=1350.0, river_elev_m=(300.0, 420.0), max_elev_m=2500.0,
+        massif_std_m=450.0, massif_corner_m=20000.0, corner_m=3000.0, hill_beta=4.6,
+        valley_corner_m=2400.0, valley_weight=1.0, river_angle_deg=(-20.0, 20.0),
+        wall_deg=28.0, floor_half_m=260.0, gravel_half_m=130.0, water_half_m=14.0, lakes=0,
+        fill_quantile=0.0,
+        treeline_m=1e9, rockline_m=1e9, field_max_slope_deg=5.0, field_share=0.5,
         settlement_share=0.2, grass_share=0.12, parcel_m=(50.0, 110.0),
-        landslide_share=0.05, area_median_m2=3500.0, area_sigma=0.9, area_max_m2=2.0e5,
+        landslide_share=0.05, area_median_m2=5000.0, area_sigma=1.0, area_max_m2=2.0e5,
         aspect_ratio=(2.5, 5.0), trigger_slope_deg=32.0, stop_slope_deg=14.0, cluster=0.6,
-        old_scar_ratio=0.10, cloud_share=0.04, haze=0.6, sun_azimuth_deg=115.0,
-        sun_elevation_deg=62.0, swath_edge_share=0.0),
+        old_scar_ratio=0.10,
+        cloud_share=0.04, haze=0.6, sun_azimuth_deg=115.0, sun_elevation_deg=62.0,
+        swath_edge_share=0.0),
     # Earthquake-triggered rock slides and falls on the steep walls of a deep glacial-fluvial valley,
     # with lakes on the valley floor, forest below the treeline, meadow and rock above.
     "china": _Style(
-        median_slope_deg=36.0, mid_elev_m=3700.0, river_elev_m=(2000.0, 2500.0), max_elev_m=4500.0,
-        corner_m=4000.0, valley_corner_m=1000.0, valley_weight=0.7, river_angle_deg=(70.0, 110.0),
-        wall_deg=38.0, floor_half_m=70.0, gravel_half_m=25.0, water_half_m=8.0, lakes=3,
-        fill_quantile=0.0, treeline_m=3650.0, rockline_m=4150.0, field_max_slope_deg=0.0,
-        field_share=0.0, settlement_share=0.15, grass_share=0.15, parcel_m=(40.0, 80.0),
+        median_slope_deg=36.0, mid_elev_m=3900.0, river_elev_m=(2000.0, 2500.0), max_elev_m=4600.0,
+        massif_std_m=300.0, massif_corner_m=12000.0, corner_m=2500.0, hill_beta=4.6,
+        valley_corner_m=2000.0, valley_weight=1.0, river_angle_deg=(70.0, 110.0),
+        wall_deg=32.0, floor_half_m=70.0, gravel_half_m=25.0, water_half_m=8.0, lakes=3,
+        fill_quantile=0.0,
+        treeline_m=3650.0, rockline_m=4150.0, field_max_slope_deg=0.0, field_share=0.0,
+        settlement_share=0.15, grass_share=0.15, parcel_m=(40.0, 80.0),
         landslide_share=0.025, area_median_m2=1200.0, area_sigma=0.8, area_max_m2=6.0e4,
         aspect_ratio=(1.5, 3.0), trigger_slope_deg=40.0, stop_slope_deg=25.0, cluster=0.8,
-        old_scar_ratio=0.15, cloud_share=0.02, haze=0.3, sun_azimuth_deg=130.0,
-        sun_elevation_deg=55.0, swath_edge_share=0.0),
+        old_scar_ratio=0.15,
+        cloud_share=0.02, haze=0.3, sun_azimuth_deg=130.0, sun_elevation_deg=55.0,
+        swath_edge_share=0.0),
     # Earthquake-triggered dense shallow slides in pumice soils on low rolling hills, with wide flat
     # valley floors under fields and villages.
     "japan": _Style(
-        median_slope_deg=15.0, mid_elev_m=180.0, river_elev_m=(40.0, 70.0), max_elev_m=400.0,
-        corner_m=2000.0, valley_corner_m=600.0, valley_weight=0.8, river_angle_deg=(-90.0, 90.0),
+        median_slope_deg=19.0, mid_elev_m=190.0, river_elev_m=(40.0, 70.0), max_elev_m=400.0,
+        massif_std_m=60.0, massif_corner_m=10000.0, corner_m=2000.0, hill_beta=4.4,
+        valley_corner_m=1200.0, valley_weight=1.0, river_angle_deg=(-90.0, 90.0),
         wall_deg=14.0, floor_half_m=350.0, gravel_half_m=18.0, water_half_m=10.0, lakes=0,
-        fill_quantile=0.22, treeline_m=1e9, rockline_m=1e9, field_max_slope_deg=6.0, field_share=0.8,
+        fill_quantile=0.22,
+        treeline_m=1e9, rockline_m=1e9, field_max_slope_deg=6.0, field_share=0.8,
         settlement_share=0.1, grass_share=0.15, parcel_m=(60.0, 140.0),
         landslide_share=0.08, area_median_m2=2200.0, area_sigma=0.6, area_max_m2=5.0e4,
         aspect_ratio=(1.8, 3.5), trigger_slope_deg=22.0, stop_slope_deg=9.0, cluster=1.2,
-        old_scar_ratio=0.05, cloud_share=0.03, haze=0.4, sun_azimuth_deg=150.0,
-        sun_elevation_deg=45.0, swath_edge_share=0.02),
+        old_scar_ratio=0.05,
+        cloud_share=0.03, haze=0.4, sun_azimuth_deg=150.0, sun_elevation_deg=45.0,
+        swath_edge_share=0.02),
 }
 
 
@@ -231,19 +243,22 @@ def _rng(site: str, scale: float, seed: int, stream: str) -> np.random.Generator
 
 
 def _fractal(rng: np.random.Generator, shape: tuple[int, int], beta: float, corner_m: float,
-             rolloff_m: float = 0.0) -> np.ndarray:
-  """Gaussian random field with a power-law spectrum P(k) ~ (k^2 + k0^2)^(-beta/2), unit std.
+             rolloff_m: float = 0.0, absolute: bool = False) -> np.ndarray:
+  """Gaussian random field with a power-law spectrum P(k) ~ (k^2 + k0^2)^(-beta/2).
 
   Spectral synthesis on a fast FFT size, cropped to `shape`. `corner_m` (1/k0) caps the power of long
-  wavelengths so the field's variance does not depend much on the scene size; `rolloff_m` damps
-  wavelengths near the pixel size (real terrain and covers are smooth over a few pixels).
+  wavelengths; `rolloff_m` damps wavelengths near the pixel size (real terrain and covers are smooth
+  over a few pixels). The field has unit std, or with `absolute` the std that a crop of `shape` has of a
+  unit-std field on an unbounded plane: a small scene then holds less of a long-wavelength massif's
+  relief, as a small crop of real terrain would, instead of squeezing the full relief into it.
   """
   rows, cols = shape
   fr, fc = scipy.fft.next_fast_len(rows, real=True), scipy.fft.next_fast_len(cols, real=True)
   ky = np.fft.fftfreq(fr, d=_PIXEL_M).astype(np.float32)[:, None]
   kx = np.fft.rfftfreq(fc, d=_PIXEL_M).astype(np.float32)[None, :]
   k2 = ky * ky + kx * kx
-  amp = (k2 + np.float32(1.0 / corner_m) ** 2) ** np.float32(-beta / 4.0)
+  k0 = 1.0 / corner_m
+  amp = (k2 + np.float32(k0 * k0)) ** np.float32(-beta / 4.0)
   if rolloff_m:
     amp *= np.exp(-k2 * np.float32(rolloff_m * rolloff_m))
   amp[0, 0] = 0.0
@@ -252,6 +267,13 @@ def _fractal(rng: np.random.Generator, shape: tuple[int, int], beta: float, corn
   field = scipy.fft.irfft2(spectrum, s=(fr, fc), workers=-1)[:rows, :cols]
   field -= field.mean()
   field /= max(float(field.std()), 1e-12)
+  if absolute:
+    # Parseval: the grid's share of the plane's variance, integral of (k^2 + k0^2)^(-beta/2) d^2k =
+    # pi k0^(2 - beta) / (beta/2 - 1). The rfft half-plane counts twice.
+    cell = 1.0 / (fr * fc * _PIXEL_M * _PIXEL_M)
+    power = cell * (2.0 * float(np.sum(amp.astype(np.float64) ** 2)) - float(np.sum(amp[:, 0] ** 2.0)))
+    plane = math.pi * k0 ** (2.0 - beta) / (beta / 2.0 - 1.0)
+    field *= np.float32(math.sqrt(min(power / plane, 1.0)))
   return field.astype(np.float32, copy=False)
 
 
@@ -298,7 +320,7 @@ class _Grids:
 
   @property
   def padded_transform(self) -> affine.Affine:
-    return self.transform * affine.Affine.translation(-self.pad[2], -self.pad[0])
+    return self.transform @ affine.Affine.translation(-self.pad[2], -self.pad[0])
 
   def crop(self, arr: np.ndarray) -> np.ndarray:
     top, _, left, _ = self.pad
@@ -357,90 +379,125 @@ def _main_river(rng: np.random.Generator, shape: tuple[int, int], style: _Style)
   offset = rng.uniform(-0.15, 0.15) * extent * _PIXEL_M
   # Two superposed meanders: a long bend and a shorter wiggle.
   waves = [(rng.uniform(3000, 7000), rng.uniform(150, 500), rng.uniform(0, 2 * math.pi)),
-           (rng.uniform(700, 1500), rng.uniform(30, 90), rng.uniform(0, 2 * math.pi))]
-  centre = np.full_like(u, offset)
-  dcentre = np.zeros_like(u)
+           (rng.uniform(700, 1500), rng.uniform(10, 40), rng.uniform(0, 2 * math.pi))]
+  across = v - np.float32(offset)
   for wavelength, amplitude, phase in waves:
-    arg = 2 * np.pi * u / np.float32(wavelength) + np.float32(phase)
-    centre = centre + np.float32(amplitude) * np.sin(arg)
-    dcentre = dcentre + np.float32(amplitude * 2 * math.pi / wavelength) * np.cos(arg)
-  side = (v - centre) / np.sqrt(1.0 + dcentre * dcentre)
+    across -= np.float32(amplitude) * np.sin(2 * np.pi * u / np.float32(wavelength) + np.float32(phase))
+  # Exact distance to the centreline (where `across` changes sign): an along-normal approximation
+  # bands the valley walls far from a bend.
+  right = across >= 0
+  line = np.zeros(shape, bool)
+  line[:-1] |= right[:-1] != right[1:]
+  line[:, :-1] |= right[:, :-1] != right[:, 1:]
+  if line.any():
+    dist = scipy.ndimage.distance_transform_edt(~line).astype(np.float32) * np.float32(_PIXEL_M)
+  else:  # The meander left a small grid: the river is far away, the approximation will do.
+    dist = np.abs(across)
+  side = np.where(right, dist, -dist)
   length = abs(cols * math.cos(angle)) + abs(rows * math.sin(angle))
-  return _River(u=u, dist=np.abs(side), side=side, length_m=float(length * _PIXEL_M))
+  return _River(u=u, dist=dist, side=side, length_m=float(length * _PIXEL_M))
 
 
 def _terrain(rng: np.random.Generator, shape: tuple[int, int], style: _Style,
              river: _River) -> np.ndarray:
-  """Elevation (m) on the padded grid: fractal hills, a V-shaped valley network, the carved main valley."""
-  hills = _fractal(rng, shape, beta=4.0, corner_m=style.corner_m, rolloff_m=25.0)
-  # |g| has sharp V-shaped minima along g = 0: a connected network of tributary valleys.
-  network = np.abs(_fractal(rng, shape, beta=3.6, corner_m=style.valley_corner_m, rolloff_m=20.0))
-  network -= network.mean()
-  network /= network.std()
-  hills += np.float32(style.valley_weight) * network
-  # Scale to the site's steepness (the median slope is what landslide susceptibility responds to),
-  # measured on the scene-sized field so that the steepness does not depend on `scale`.
+  """Elevation (m) on the padded grid.
+
+  A regional massif, fractal hills creased by a network of V-shaped valleys and sharp ridges, alluvial
+  flats in the lowest ground and the carved main valley.
+  """
+  hills = np.float32(0.5) * _fractal(rng, shape, beta=style.hill_beta, corner_m=style.corner_m,
+                                     rolloff_m=30.0)
+  # Octaves of |g| for smooth, narrow-band g: |g| has sharp V-shaped minima along g = 0, a connected
+  # network. Added, the long octaves cut valley networks; subtracted, the short ones raise sharp ridges
+  # and spurs, as in eroded mountains.
+  for octave in range(4):
+    wavelength = style.valley_corner_m / 2**octave
+    crease = np.abs(_fractal(rng, shape, beta=6.0, corner_m=wavelength, rolloff_m=15.0))
+    sign = 1.0 if octave < 2 else -1.0
+    hills += np.float32(sign * style.valley_weight * wavelength / style.valley_corner_m) * crease
+  del crease
+  # Scale to the site's steepness (the median slope is what landslide susceptibility responds to).
   gy, gx = np.gradient(hills, _PIXEL_M)
-  gradient = float(np.median(np.hypot(gx, gy)))
+  gradient = float(np.median(np.hypot(gx, gy)[::2, ::2]))
   del gx, gy
   hills *= np.float32(math.tan(math.radians(style.median_slope_deg)) / max(gradient, 1e-9))
-  elev = hills - np.float32(np.median(hills)) + np.float32(style.mid_elev_m)
+  hills -= np.float32(np.median(hills))
+  # The massif carries the regional relief; its std is absolute so a small scene gets a small share.
+  massif = _fractal(rng, shape, beta=4.0, corner_m=style.massif_corner_m, absolute=True)
+  elev = hills + np.float32(style.massif_std_m) * massif + np.float32(style.mid_elev_m)
+  del massif
   # Compress peaks above the site's maximum smoothly instead of clipping them flat.
-  top = np.float32(style.max_elev_m - 0.25 * (style.max_elev_m - style.mid_elev_m))
-  over = np.maximum(elev - top, 0)
+  top = np.float32(style.max_elev_m - 0.3 * (style.max_elev_m - style.mid_elev_m))
   span = np.float32(style.max_elev_m) - top
-  elev = np.where(over > 0, top + span * np.tanh(over / span), elev)
-  # Main valley: a cone of the wall slope around the river, its floor descending downstream.
+  elev = np.where(elev > top, top + span * np.tanh((elev - top) / span), elev)
+  # Alluvial fill: the lowest hill ground is levelled into flats (fields, villages).
+  if style.fill_quantile > 0:
+    fill = np.float32(np.quantile(elev[::4, ::4], style.fill_quantile))
+    elev = _soft_max(elev, fill + np.float32(0.002) * river.u, k=np.float32(2.0))
+  # Main valley: a cone of the wall slope around the river, its floor rising upstream.
   frac = np.clip(river.u / np.float32(river.length_m) + 0.5, 0, 1)
   floor = np.float32(style.river_elev_m[0]) + frac * np.float32(
       style.river_elev_m[1] - style.river_elev_m[0])
-  valley = floor + np.float32(math.tan(math.radians(style.wall_deg))) * np.maximum(
-      river.dist - np.float32(style.floor_half_m), 0)
-  elev = _soft_min(elev, valley, k=np.float32(25.0))
-  # Alluvial fill: the lowest ground away from the river is levelled into flats (fields, villages).
-  if style.fill_quantile > 0:
-    fill = np.float32(np.quantile(elev[::4, ::4], style.fill_quantile))
-    elev = _soft_max(elev, np.maximum(fill + (floor - floor.min()) * np.float32(0.3), floor),
-                     k=np.float32(2.0))
-  lo = min(style.river_elev_m) - 20.0
-  return np.maximum(elev, np.float32(lo)).astype(np.float32)
+  beyond = np.maximum(river.dist - np.float32(style.floor_half_m), 0)
+  # The walls keep the hills' ridges and gullies, fading out towards the flat floor.
+  wall = np.float32(math.tan(math.radians(style.wall_deg))) * beyond + hills * np.minimum(
+      beyond / np.float32(300.0), 1)
+  valley = floor + np.maximum(wall, 0)
+  del hills, beyond, wall
+  elev = _soft_min(elev, valley, k=np.float32(15.0))
+  return np.maximum(elev, np.float32(min(style.river_elev_m) - 20.0)).astype(np.float32)
 
 
-def _landslide_shapes(rng: np.random.Generator, elev: np.ndarray, slope: np.ndarray,
-                      weight: np.ndarray, target_px: float, style: _Style,
-                      edge_noise: np.ndarray) -> tuple[np.ndarray, int]:
+def _landslide_shapes(rng: np.random.Generator, elev: np.ndarray, weight: np.ndarray,
+                      target_px: float, style: _Style, edge_noise: np.ndarray) -> tuple[np.ndarray, int]:
   """Stamps landslide scars elongated down the flow path from seeds on steep ground.
 
   Returns (label image with 0 = none, number of scars). Seeds are drawn with probability `weight`;
-  sizes follow a lognormal area distribution until `target_px` pixels are reached.
+  sizes follow the site's lognormal area distribution. Overlaps, runouts cut short on flat ground and
+  the scene edge lose area, so scars are added in rounds until `target_px` pixels are (nearly) covered.
   """
-  rows, cols = elev.shape
+  labels = np.zeros(elev.shape, np.int32)
   if target_px <= 0 or not np.any(weight > 0):
-    return np.zeros(elev.shape, np.int32), 0
-  # Areas (px) until the target is met; overlaps and clipping lose ~15%, hence the surplus.
+    return labels, 0
+  cdf = np.cumsum(weight, dtype=np.float64).ravel()
+  # Flow direction from a smoothed DEM: pixel-scale bumps must not deflect a slide.
+  gy, gx = np.gradient(scipy.ndimage.gaussian_filter(elev, 2.0))
+  count, covered = 0, 0
+  for _ in range(4):
+    missing = target_px - covered
+    if missing < 0.03 * target_px:
+      break
+    count += _stamp_round(rng, gy, gx, cdf, missing, style, edge_noise, labels, count)
+    covered = int(np.count_nonzero(labels))
+  return labels, count
+
+
+def _stamp_round(rng: np.random.Generator, gy: np.ndarray, gx: np.ndarray, cdf: np.ndarray,
+                 target_px: float, style: _Style, edge_noise: np.ndarray, labels: np.ndarray,
+                 first_id: int) -> int:
+  """One round of `_landslide_shapes`: stamps scars (ids first_id + 1, ...) into free `labels` pixels."""
+  rows, cols = labels.shape
+  mean_px = style.area_median_m2 / _PIXEL_M**2 * math.exp(style.area_sigma**2 / 2)
   areas = np.exp(rng.normal(math.log(style.area_median_m2 / _PIXEL_M**2), style.area_sigma,
-                            size=max(16, int(4 * target_px / (style.area_median_m2 / 100.0)) + 16)))
+                            size=int(3 * target_px / mean_px) + 16))
   areas = np.clip(areas, 4.0, style.area_max_m2 / _PIXEL_M**2)
-  count = int(np.searchsorted(np.cumsum(areas), target_px * 1.15)) + 1
+  count = min(int(np.searchsorted(np.cumsum(areas), target_px * 1.1)) + 1, areas.size)
   areas = areas[:count]
   ratio = rng.uniform(*style.aspect_ratio, size=count)
   width = np.maximum(np.sqrt(areas / (0.85 * ratio)), 1.6)   # pixels
   length = np.maximum(areas / (0.85 * width), width)
-  cdf = np.cumsum(weight, dtype=np.float64).ravel()
   seeds = np.searchsorted(cdf, rng.uniform(0, cdf[-1], size=count), side="right")
   seeds = np.minimum(seeds, cdf.size - 1)
   pos = np.stack([seeds // cols, seeds % cols], axis=1).astype(np.float64)
   pos += rng.uniform(-0.5, 0.5, size=pos.shape)
-  # Flow direction from a smoothed DEM: pixel-scale bumps must not deflect a slide.
-  smooth = scipy.ndimage.gaussian_filter(elev, 2.0)
-  gy, gx = np.gradient(smooth)
+  # Trace all slides downslope at once, one pixel per step.
   steps = int(math.ceil(length.max())) + 1
   path = np.empty((steps + 1, count, 2))
   path[0] = pos
   travelled = np.zeros(count)
   alive = np.ones(count, bool)
   heading = np.zeros((count, 2))
-  stop_slope = math.tan(math.radians(style.stop_slope_deg)) * _PIXEL_M
+  stop_gradient = math.tan(math.radians(style.stop_slope_deg)) * _PIXEL_M  # metres per pixel
   for step in range(1, steps + 1):
     r = np.clip(np.rint(pos[:, 0]).astype(int), 0, rows - 1)
     c = np.clip(np.rint(pos[:, 1]).astype(int), 0, cols - 1)
@@ -450,11 +507,10 @@ def _landslide_shapes(rng: np.random.Generator, elev: np.ndarray, slope: np.ndar
     # Inertia: slides run fairly straight across small undulations.
     heading = down if step == 1 else 0.6 * heading + 0.4 * down
     heading /= np.maximum(np.hypot(heading[:, 0], heading[:, 1]), 1e-6)[:, None]
-    alive &= (travelled < length - 1) & (norm > stop_slope if step > 1 else True)
+    alive &= (travelled < length - 1) & ((norm > stop_gradient) if step > 1 else True)
     pos = np.where(alive[:, None], pos + heading, pos)
     travelled += alive
     path[step] = pos
-  labels = np.zeros((rows, cols), np.int32)
   for i in range(count):
     n = int(travelled[i]) + 1
     pts = path[:n, i]
@@ -478,8 +534,8 @@ def _landslide_shapes(rng: np.random.Generator, elev: np.ndarray, slope: np.ndar
     # Ragged outlines: correlated noise scaled with the slide's width.
     inside += edge_noise[r0:r1, c0:c1] * np.float32(min(0.35 * half, 2.0))
     window = labels[r0:r1, c0:c1]
-    window[(inside < 0) & (window == 0)] = i + 1
-  return labels, count
+    window[(inside < 0) & (window == 0)] = first_id + i + 1
+  return count
 
 
 def generate_demo_arrays(site: str, scale: float = 1.0, seed: int = 0) -> DemoArrays:
@@ -517,7 +573,7 @@ def generate_demo_arrays(site: str, scale: float = 1.0, seed: int = 0) -> DemoAr
   grass_cut = np.quantile(grass_field[::4, ::4], 1.0 - style.grass_share)
   lc[grass_field > grass_cut] = _LC["grass"]
   lc[elev > style.treeline_m + 60.0 * grass_field] = _LC["grass"]
-  lc[(elev > style.rockline_m + 80.0 * grass_field) | (slope > 55.0)] = _LC["rock"]
+  lc[(elev > style.rockline_m + 80.0 * grass_field) | (slope > 62.0)] = _LC["rock"]
   # Flat lowland: fields in rectangular parcels, villages, roads between parcels.
   flat = (scipy.ndimage.uniform_filter(slope, 5) < style.field_max_slope_deg) & (
       elev < np.quantile(elev[::4, ::4], 0.5))
@@ -567,10 +623,10 @@ def generate_demo_arrays(site: str, scale: float = 1.0, seed: int = 0) -> DemoAr
   weight = (1.0 / (1.0 + np.exp(-(slope - style.trigger_slope_deg) / 3.0))) * cluster * susceptible
   edge_noise = _fractal(rng, shape, beta=3.0, corner_m=60.0, rolloff_m=8.0)
   slides, slide_count = _landslide_shapes(
-      rng, elev, slope, weight, style.landslide_share * rows * cols, style, edge_noise)
+      rng, elev, weight, style.landslide_share * rows * cols, style, edge_noise)
   landslide = (slides > 0) & ~water
   old, old_count = _landslide_shapes(
-      rng, elev, slope, weight * (~landslide),
+      rng, elev, weight * (~landslide),
       style.old_scar_ratio * style.landslide_share * rows * cols, style, edge_noise)
   lc[(old > 0) & ~water & ~landslide] = _LC["old_scar"]
   lc[landslide] = _LC["landslide"]
@@ -603,7 +659,7 @@ def generate_demo_arrays(site: str, scale: float = 1.0, seed: int = 0) -> DemoAr
   town = lc == _LC["settlement"]
   mix = rng.uniform(0.5, 1.6, size=int(town.sum())).astype(np.float32)
   refl[:, town] *= mix
-  # Topographic illumination (Lambert, damped by diffuse light); water is flat and lit as is.
+  # Topographic illumination: Lambert, damped by diffuse skylight so shaded slopes are not black.
   gy, gx = np.gradient(elev, _PIXEL_M)
   az, el = math.radians(style.sun_azimuth_deg), math.radians(style.sun_elevation_deg)
   # East = +col, north = -row.
@@ -627,10 +683,11 @@ def generate_demo_arrays(site: str, scale: float = 1.0, seed: int = 0) -> DemoAr
   shift = cloud_height / math.tan(el) / _PIXEL_M
   dr = int(round(shift * math.cos(az)))      # sun in the north -> shadow to the south (+rows)
   dc = int(round(-shift * math.sin(az)))     # sun in the east -> shadow to the west (-cols)
-  big = _fractal(rng, (rows + abs(dr), cols + abs(dc)), beta=3.6, corner_m=1500.0, rolloff_m=15.0)
-  cut = np.quantile(big[::4, ::4], 1.0 - style.cloud_share * 1.6)
+  big = _fractal(rng, (rows + abs(dr), cols + abs(dc)), beta=3.6, corner_m=3000.0, rolloff_m=15.0)
+  # About half the masked area is cloud (opacity > 0.35 = 0.21 above the cut), half its shadow.
+  cut = np.quantile(big[::4, ::4], 1.0 - style.cloud_share / 2) - 0.21
   opacity = np.clip((big - cut) / 0.6, 0.0, 1.0)
-  # Scene pixel p sits at p + (r0, c0) in the cloud layer; its shadow is cast by the cloud at p - (dr, dc).
+  # Scene pixel p is p + (r0, c0) in the cloud layer; its shadow is cast by the cloud at p - (dr, dc).
   r0, c0 = max(0, dr), max(0, dc)
   cloud = opacity[r0:r0 + rows, c0:c0 + cols]
   shadow = opacity[r0 - dr:r0 - dr + rows, c0 - dc:c0 - dc + cols]
@@ -666,7 +723,7 @@ def landslide_polygons(arrays: DemoArrays) -> list[dict]:
 
 def _description(site: str, scale: float, seed: int) -> str:
   return (f"SYNTHETIC demo scene imitating {constants.SITES[site].title} "
-          f"(seed={int(seed)}, scale={float(scale):g}, generator v{GENERATOR_VERSION})")
+          f"(seed={int(seed)}, scale={float(scale)!r}, generator v{GENERATOR_VERSION})")
 
 
 def _manifest(site: str, scale: float, seed: int) -> dict:
@@ -757,6 +814,7 @@ def write_demo_site(site: str, out_dir: str | os.PathLike, scale: float = 1.0, s
   out_dir.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{site}.tmp-", dir=out_dir))
   try:
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the site folder should read like any other.
     _write_site_files(generate_demo_arrays(site, scale, seed), tmp, site, scale, seed)
     if site_dir.exists():
       # A directory cannot be renamed onto a non-empty one: move the stale demo aside first.
