@@ -1,0 +1,166 @@
+"""Input pipeline: prepared TFDS datasets -> normalised numpy arrays -> per-device batches.
+
+The paper's datasets are small (the three sites are ~8 million pixels), so each split is read once through
+`tfds` data sources (no TensorFlow) into host memory and batched with numpy. Batch order depends only on
+(seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from landslide_jax import constants
+from landslide_jax.data import normalization
+
+SCENARIOS: dict[str, tuple[str, ...]] = {
+    "all": constants.SITE_NAMES,
+    **{site: (site,) for site in constants.SITE_NAMES},
+    "landslide4sense": ("landslide4sense",),
+}
+
+
+def test_sets(scenario: str) -> tuple[str, ...]:
+  """Test sets a scenario is scored on: every site's test area and all of them ('all')."""
+  if scenario == "landslide4sense":
+    return ("landslide4sense",)
+  return constants.SITE_NAMES + ("all",)
+
+
+@dataclasses.dataclass
+class SplitData:
+  """One split in memory. image (N, P, P, C) float32; mask, valid (N, P, P, 1) uint8; row, col (N,)."""
+  image: np.ndarray
+  mask: np.ndarray
+  valid: np.ndarray
+  row: np.ndarray
+  col: np.ndarray
+  site: np.ndarray  # (N,) str
+
+  def __len__(self) -> int:
+    return int(self.image.shape[0])
+
+  @classmethod
+  def concatenate(cls, parts: list["SplitData"]) -> "SplitData":
+    return cls(*(np.concatenate([getattr(p, f.name) for p in parts])
+                 for f in dataclasses.fields(cls)))
+
+  def normalized(self, stats: normalization.ChannelStats) -> "SplitData":
+    """A copy with images normalised; invalid pixels are 0 (the training mean), not raw nodata."""
+    image = stats.apply(self.image) * self.valid.astype(np.float32)
+    return dataclasses.replace(self, image=image)
+
+
+def dataset_builder(name: str, patch: int, channels: tuple[str, ...], data_dir: str | os.PathLike):
+  """The TFDS builder of a prepared dataset (site or 'landslide4sense') with default options."""
+  import tfds_builders  # pylint: disable=import-outside-toplevel
+  from tfds_builders import site_builder  # pylint: disable=import-outside-toplevel
+  from tfds_builders.landslide4sense import landslide4sense  # pylint: disable=import-outside-toplevel
+  module = landslide4sense if name == "landslide4sense" else site_builder
+  return tfds_builders.get_builder(name, module.make_config(patch, channels), data_dir)
+
+
+def read_split(name: str, patch: int, split: str, channels: tuple[str, ...],
+               data_dir: str | os.PathLike) -> SplitData:
+  """Reads a whole split of a prepared dataset into memory (raw physical units)."""
+  source = dataset_builder(name, patch, channels, data_dir).as_data_source(split=split)
+  records = source.__getitems__(list(range(len(source)))) if len(source) else []
+  if not records:
+    p, c = patch, len(channels)
+    return SplitData(np.zeros((0, p, p, c), np.float32), np.zeros((0, p, p, 1), np.uint8),
+                     np.zeros((0, p, p, 1), np.uint8), np.zeros(0, np.int32), np.zeros(0, np.int32),
+                     np.zeros(0, str))
+  # TFDS stores examples in hashed-key order; sort by position so the order is the grid's.
+  records.sort(key=lambda r: (int(r["row"]), int(r["col"])))
+  site = [r["site"].decode() if isinstance(r["site"], bytes) else str(r["site"]) for r in records]
+  return SplitData(
+      image=np.stack([r["image"] for r in records]).astype(np.float32),
+      mask=np.stack([r["mask"] for r in records]).astype(np.uint8),
+      valid=np.stack([r["valid"] for r in records]).astype(np.uint8),
+      row=np.array([r["row"] for r in records], np.int32),
+      col=np.array([r["col"] for r in records], np.int32),
+      site=np.array(site))
+
+
+def dataset_dir(name: str, patch: int, channels: tuple[str, ...], data_dir: str | os.PathLike) -> Path:
+  """Folder of a prepared dataset (holds metadata.json)."""
+  return Path(dataset_builder(name, patch, channels, data_dir).data_path)
+
+
+def scenario_normalization(scenario: str, patch: int, channels: tuple[str, ...],
+                           data_dir: str | os.PathLike) -> normalization.ChannelStats:
+  """Training-window statistics of a scenario: pooled exactly over its sites' training areas."""
+  return normalization.pool_stats([
+      normalization.read_normalization(dataset_dir(site, patch, channels, data_dir))
+      for site in SCENARIOS[scenario]])
+
+
+def load_training_data(scenario: str, patch: int, channels: tuple[str, ...],
+                       data_dir: str | os.PathLike,
+                       stats: normalization.ChannelStats) -> dict[str, SplitData]:
+  """The normalised train and validation splits of a scenario (union over its sites)."""
+  return {
+      split: SplitData.concatenate([read_split(site, patch, split, channels, data_dir)
+                                    for site in SCENARIOS[scenario]]).normalized(stats)
+      for split in ("train", "validation")
+  }
+
+
+def load_test_data(test_set: str, patch: int, channels: tuple[str, ...], data_dir: str | os.PathLike,
+                   stats: normalization.ChannelStats) -> SplitData:
+  """The normalised test split of a site, or of every site for 'all'."""
+  sites = constants.SITE_NAMES if test_set == "all" else (test_set,)
+  return SplitData.concatenate([read_split(site, patch, "test", channels, data_dir)
+                                for site in sites]).normalized(stats)
+
+
+def positive_weight(data: SplitData) -> float:
+  """Class-balancing weight of landslide pixels: #background / #landslide over valid pixels."""
+  valid = data.valid.astype(bool)
+  positives = int(data.mask[valid].sum())
+  return float((valid.sum() - positives) / max(positives, 1))
+
+
+def process_shard(n: int, process_index: int, process_count: int) -> np.ndarray:
+  """Indices of the examples this process reads: a contiguous, near-equal shard (like
+  `tfds.split_for_jax_process`), so hosts never read the same example."""
+  bounds = np.linspace(0, n, process_count + 1).round().astype(int)
+  return np.arange(bounds[process_index], bounds[process_index + 1])
+
+
+def num_batches(n: int, global_batch: int, process_count: int = 1) -> int:
+  """Batches per epoch: every example once; the last batch is padded (with valid = 0)."""
+  local = global_batch // process_count
+  largest_shard = -(-n // process_count)
+  return max(1, -(-largest_shard // local))
+
+
+def batches(data: SplitData, global_batch: int, num_devices: int, *, shuffle: bool, seed: int = 0,
+            epoch: int = 0, process_index: int = 0, process_count: int = 1
+            ) -> Iterator[dict[str, np.ndarray]]:
+  """Yields this process's batches, shaped (num_devices, per_device, ...) for pmap.
+
+  The last batch is padded with copies of example 0 whose `valid` is 0, so every example is used once per
+  epoch, shapes stay static (one compilation) and padding adds nothing to losses or counts.
+  """
+  local_batch = global_batch // process_count
+  indices = process_shard(len(data), process_index, process_count)
+  if shuffle:
+    rng = np.random.default_rng([seed, epoch])
+    indices = indices[rng.permutation(len(indices))]
+  steps = num_batches(len(data), global_batch, process_count)
+  per_device = local_batch // num_devices
+  for step in range(steps):
+    chunk = indices[step * local_batch:(step + 1) * local_batch]
+    pad = local_batch - len(chunk)
+    take = np.concatenate([chunk, np.zeros(pad, int)]) if pad else chunk
+    batch = {
+        "image": data.image[take], "mask": data.mask[take], "valid": data.valid[take].copy(),
+    }
+    if pad:
+      batch["valid"][len(chunk):] = 0
+    yield {k: v.reshape(num_devices, per_device, *v.shape[1:]) for k, v in batch.items()}

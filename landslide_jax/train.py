@@ -1,0 +1,406 @@
+"""Training: a pmapped train step (axis 'batch'), early stopping on validation loss, orbax checkpoints.
+
+In the style of flax's `examples/imagenet`: the state is replicated over local devices, gradients and
+BatchNorm statistics are averaged with `lax.pmean`, and only process 0 writes logs. A killed run resumes
+from the latest checkpoint with the same optimiser state, early-stopping state and data order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import jax_utils
+from flax.training import early_stopping, train_state
+from jax import lax
+
+from landslide_jax import constants, input_pipeline, metrics, prepare
+from landslide_jax.errors import InputError
+from landslide_jax.models import create_model
+
+AXIS = "batch"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Every option of a training run; saved to `<workdir>/config.json`."""
+  scenario: str = "china"
+  patch: int = 128
+  model: str = "unet"
+  workdir: str | None = None
+  data_dir: str | None = None
+  manual_dir: str | None = None
+  channels: tuple[str, ...] = constants.DEFAULT_CHANNELS
+  batch_size: int = 4
+  learning_rate: float = 1e-3
+  b1: float = 0.9
+  b2: float = 0.999
+  max_epochs: int = 200
+  patience: int = 10
+  min_delta: float = 0.0
+  seed: int = 0
+  pos_weight: float = 1.0
+  class_balanced: bool = False
+  threshold: float = 0.5
+  demo_scale: float = 1.0
+
+  def resolved_workdir(self) -> Path:
+    return Path(self.workdir or f"runs/{self.scenario}-{self.model}-p{self.patch}")
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+def create_train_state(rng: jax.Array, model, image_shape: tuple[int, ...],
+                       config: TrainConfig) -> TrainState:
+  """Initialises parameters (eval mode: no cross-device collective needed) and Adam."""
+  variables = jax.jit(functools.partial(model.init, train=False))(rng, jnp.zeros(image_shape))
+  tx = optax.adam(config.learning_rate, b1=config.b1, b2=config.b2)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                           batch_stats=variables.get("batch_stats"))
+
+
+def weighted_bce_sum(logits: jax.Array, mask: jax.Array, valid: jax.Array,
+                     pos_weight: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """Summed pixel BCE on logits (optax, stable) with landslide pixels weighted by `pos_weight`.
+
+  Pixels with valid == 0 contribute nothing. Returns (weighted loss sum, number of valid pixels).
+  """
+  truth = mask.astype(jnp.float32)
+  valid = valid.astype(jnp.float32)
+  weight = valid * (1.0 + (pos_weight - 1.0) * truth)
+  loss = optax.sigmoid_binary_cross_entropy(logits, truth)
+  return jnp.sum(loss * weight), jnp.sum(valid)
+
+
+def _apply(state: TrainState, params, images, train: bool):
+  variables = {"params": params}
+  if state.batch_stats is not None:
+    variables["batch_stats"] = state.batch_stats
+  if train and state.batch_stats is not None:
+    return state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
+  return state.apply_fn(variables, images, train=train), {}
+
+
+def train_step(state: TrainState, batch: dict, pos_weight: float) -> tuple[TrainState, dict]:
+  """One Adam step on the global batch; runs under pmap with axis 'batch'.
+
+  The loss is the weighted BCE summed over the *global* batch divided by the global number of valid
+  pixels. Each device differentiates its share (its sum divided by the global count, times the device
+  count), and `lax.pmean` of those gradients is the gradient of the global mean: one device and N devices
+  take the same step on the same global batch.
+  """
+  global_valid = lax.psum(jnp.sum(batch["valid"].astype(jnp.float32)), AXIS)
+  num_devices = lax.psum(1, AXIS)
+
+  def loss_fn(params):
+    logits, updates = _apply(state, params, batch["image"], train=True)
+    loss_sum, _ = weighted_bce_sum(logits, batch["mask"], batch["valid"], pos_weight)
+    return loss_sum * num_devices / jnp.maximum(global_valid, 1.0), updates
+
+  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = lax.pmean(grads, AXIS)
+  new_state = state.apply_gradients(grads=grads)
+  if state.batch_stats is not None:
+    # BatchNorm already used cross-device statistics (axis_name); averaging keeps replicas identical.
+    new_state = new_state.replace(batch_stats=lax.pmean(updates["batch_stats"], AXIS))
+  return new_state, {"loss": lax.pmean(loss, AXIS)}
+
+
+def eval_step(state: TrainState, batch: dict, pos_weight: float, threshold: float) -> dict:
+  """Loss sum, valid count and confusion counts of a batch, summed over devices (on device)."""
+  logits, _ = _apply(state, state.params, batch["image"], train=False)
+  loss_sum, count = weighted_bce_sum(logits, batch["mask"], batch["valid"], pos_weight)
+  counts = metrics.confusion_counts(logits, batch["mask"], batch["valid"], threshold)
+  return lax.psum({"loss_sum": loss_sum, "count": count, "counts": counts}, AXIS)
+
+
+def evaluate(p_eval_step, state, data: input_pipeline.SplitData, config: TrainConfig) -> dict:
+  """Validation/test loss (mean over valid pixels) and metrics over a whole split."""
+  totals = None
+  for batch in input_pipeline.batches(data, config.batch_size, jax.local_device_count(),
+                                      shuffle=False, process_index=jax.process_index(),
+                                      process_count=jax.process_count()):
+    out = jax.tree.map(lambda x: np.asarray(x[0], np.float64), p_eval_step(state, batch))
+    totals = out if totals is None else jax.tree.map(np.add, totals, out)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    totals = jax.tree.map(lambda x: np.asarray(x).sum(0),
+                          multihost_utils.process_allgather(totals))
+  result = metrics.report(totals["counts"])
+  result["loss"] = float(totals["loss_sum"] / max(totals["count"], 1.0))
+  return result
+
+
+def _git_commit() -> str | None:
+  try:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                          capture_output=True, text=True, timeout=10).stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def _run_config(config: TrainConfig, sources: dict[str, str]) -> dict:
+  import optax as _optax  # pylint: disable=import-outside-toplevel,reimported
+  return {
+      "flags": dataclasses.asdict(config),
+      "workdir": str(config.resolved_workdir()),
+      "versions": {"python": platform.python_version(), "jax": jax.__version__,
+                   "flax": flax.__version__, "optax": _optax.__version__,
+                   "orbax-checkpoint": ocp.__version__ if hasattr(ocp, "__version__") else None,
+                   "numpy": np.__version__},
+      "git_commit": _git_commit(),
+      "dataset_source": sources,
+      "devices": {"kind": jax.devices()[0].device_kind, "platform": jax.default_backend(),
+                  "local_count": jax.local_device_count(), "global_count": jax.device_count(),
+                  "process_count": jax.process_count()},
+  }
+
+
+def check_config(config: TrainConfig) -> None:
+  """Rejects unusable options with a one-line InputError listing the valid values."""
+  def bad(flag, value, valid):
+    raise InputError(None, f"--{flag}={value} is not valid", f"use one of: {', '.join(map(str, valid))}")
+  if config.scenario not in input_pipeline.SCENARIOS:
+    bad("scenario", config.scenario, input_pipeline.SCENARIOS)
+  if config.patch not in constants.PATCH_SIZES:
+    bad("patch", config.patch, constants.PATCH_SIZES)
+  from landslide_jax.models import MODELS  # pylint: disable=import-outside-toplevel
+  if config.model not in MODELS:
+    bad("model", config.model, MODELS)
+  devices = jax.local_device_count() * jax.process_count()
+  if config.batch_size <= 0 or config.batch_size % devices:
+    raise InputError(None, f"--batch_size={config.batch_size} does not divide by the {devices} devices",
+                     f"pass a positive multiple of {devices}")
+  if config.max_epochs <= 0 or config.patience < 0 or config.learning_rate <= 0:
+    raise InputError(None, "--max_epochs and --learning_rate must be positive, --patience >= 0",
+                     "check the flag values")
+
+
+def ensure_datasets(config: TrainConfig) -> dict[str, str]:
+  """Builds missing datasets (demo scenes without --manual_dir); returns each dataset's source."""
+  data_dir = Path(config.data_dir) if config.data_dir else prepare.default_data_dir()
+  names = set(input_pipeline.SCENARIOS[config.scenario])
+  for test_set in input_pipeline.test_sets(config.scenario):
+    names.update(constants.SITE_NAMES if test_set == "all" else (test_set,))
+  names = sorted(names)
+  manual_dir = config.manual_dir
+  if manual_dir is None:
+    if "landslide4sense" in names:
+      raise InputError(None, "--scenario=landslide4sense needs --manual_dir",
+                       "pass the folder holding TrainData/ (e.g. ../shared/data/landslide4sense_sample)")
+    manual_dir = prepare.demo_manual_dir(data_dir, tuple(names), config.demo_scale)
+  sources = {}
+  for name in names:
+    done = prepare.prepare_site(name, config.patch, data_dir, manual_dir, config.channels)
+    if done.rebuilt:
+      print(f"prepared dataset {name} p{config.patch} at {done.path}", flush=True)
+    sources[name] = done.metadata["source"]
+  return sources
+
+
+def _checkpoint_manager(workdir: Path) -> ocp.CheckpointManager:
+  # Keep the latest (to resume) and the best by validation loss (to evaluate). best_fn with max_to_keep
+  # would delete the latest when it is not among the best, so use a preservation policy instead.
+  policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+      ocp.checkpoint_managers.LatestN(n=1),
+      ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1),
+  ])
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: m["val_loss"],
+                                         best_mode="min", create=True, enable_async_checkpointing=False)
+  return ocp.CheckpointManager((workdir / CHECKPOINT_DIR).resolve(), options=options)
+
+
+def _checkpoint_item(state: TrainState, epoch: int, stopper: early_stopping.EarlyStopping,
+                     pos_weight: float) -> dict:
+  return {"state": jax.device_get(state), "epoch": epoch, "pos_weight": pos_weight,
+          "early_stopping": {"best_metric": stopper.best_metric,
+                             "patience_count": stopper.patience_count,
+                             "should_stop": stopper.should_stop}}
+
+
+class _Logger:
+  """metrics.jsonl and TensorBoard, written by process 0 only."""
+
+  def __init__(self, workdir: Path, resume_epoch: int):
+    self.active = jax.process_index() == 0
+    self.path = workdir / "metrics.jsonl"
+    self.writer = None
+    if not self.active:
+      return
+    if self.path.exists():
+      # Drop epochs after the checkpoint we resume from: they will be run again.
+      kept = [ln for ln in self.path.read_text().splitlines()
+              if ln.strip() and json.loads(ln)["epoch"] <= resume_epoch]
+      self.path.write_text("".join(ln + "\n" for ln in kept))
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    self.writer = SummaryWriter(str(workdir / "tensorboard"))
+
+  def log(self, record: dict) -> None:
+    if not self.active:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key, value in record.items():
+      if key != "epoch" and isinstance(value, (int, float)):
+        self.writer.add_scalar(key, value, record["epoch"])
+    self.writer.flush()
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+
+def _write_json(path: Path, data: dict) -> None:
+  if jax.process_index() != 0:
+    return
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(data, indent=2) + "\n")
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config: TrainConfig) -> dict:
+  """Trains to early stopping (resuming if the workdir has checkpoints), then scores the best
+  checkpoint on every test set. Returns the contents of `<workdir>/metrics.json`."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+  check_config(config)
+  workdir = config.resolved_workdir()
+  workdir.mkdir(parents=True, exist_ok=True)
+  data_dir = config.data_dir or os.fspath(prepare.default_data_dir())
+  sources = ensure_datasets(config)
+  _write_json(workdir / "config.json", _run_config(config, sources))
+
+  stats = input_pipeline.scenario_normalization(config.scenario, config.patch, config.channels, data_dir)
+  data = input_pipeline.load_training_data(config.scenario, config.patch, config.channels, data_dir,
+                                           stats)
+  pos_weight = (input_pipeline.positive_weight(data["train"]) if config.class_balanced
+                else config.pos_weight)
+
+  model = create_model(config.model, **({"axis_name": AXIS} if config.model == "resunet" else {}))
+  state = create_train_state(jax.random.key(config.seed), model,
+                             (1, config.patch, config.patch, len(config.channels)), config)
+  stopper = early_stopping.EarlyStopping(min_delta=config.min_delta, patience=config.patience)
+  manager = _checkpoint_manager(workdir)
+  start_epoch = 0
+  if manager.latest_step() is not None:
+    restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(
+        _checkpoint_item(state, 0, stopper, pos_weight)))
+    state, start_epoch = restored["state"], int(restored["epoch"])
+    es = restored["early_stopping"]
+    stopper = stopper.replace(best_metric=float(es["best_metric"]),
+                              patience_count=int(es["patience_count"]),
+                              should_stop=bool(es["should_stop"]))
+    print(f"resuming from epoch {start_epoch} in {workdir}", flush=True)
+
+  p_train_step = jax.pmap(functools.partial(train_step, pos_weight=pos_weight), axis_name=AXIS,
+                          donate_argnums=(0,))
+  p_eval_step = jax.pmap(functools.partial(eval_step, pos_weight=pos_weight,
+                                           threshold=config.threshold), axis_name=AXIS)
+  logger = _Logger(workdir, start_epoch)
+  replicated = jax_utils.replicate(state)
+  steps = input_pipeline.num_batches(len(data["train"]), config.batch_size, jax.process_count())
+  epoch = start_epoch
+  while epoch < config.max_epochs and not stopper.should_stop:
+    epoch += 1
+    start = time.time()
+    losses = []
+    bar = tqdm(input_pipeline.batches(data["train"], config.batch_size, jax.local_device_count(),
+                                      shuffle=True, seed=config.seed, epoch=epoch,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count()),
+               total=steps, desc=f"epoch {epoch}", leave=False, disable=jax.process_index() != 0)
+    for batch in bar:
+      replicated, out = p_train_step(replicated, batch)
+      losses.append(out["loss"])
+    train_loss = float(np.mean([np.asarray(l[0]) for l in losses]))
+    val = evaluate(p_eval_step, replicated, data["validation"], config)
+    stopper = stopper.update(val["loss"])
+    record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
+              "val_precision": val["precision"], "val_recall": val["recall"], "val_f1": val["f1"],
+              "seconds": round(time.time() - start, 2)}
+    logger.log(record)
+    if jax.process_index() == 0:
+      print(f"epoch {epoch:3d}  train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
+            f"val P/R/F1 {val['precision']:.3f}/{val['recall']:.3f}/{val['f1']:.3f}"
+            f"{'  *best*' if stopper.has_improved else ''}  ({record['seconds']:.1f} s)", flush=True)
+    manager.save(epoch, args=ocp.args.StandardSave(
+        _checkpoint_item(jax_utils.unreplicate(replicated), epoch, stopper, pos_weight)),
+        metrics={"val_loss": val["loss"]})
+  manager.wait_until_finished()
+  logger.close()
+  if stopper.should_stop:
+    print(f"early stopping after epoch {epoch} (best val_loss {stopper.best_metric:.4f})", flush=True)
+
+  result = evaluate_checkpoint(config, manager, state, stopper, pos_weight, stats, p_eval_step,
+                               data_dir)
+  _write_json(workdir / "metrics.json", result)
+  manager.close()
+  print(format_test_table(result), flush=True)
+  return result
+
+
+def evaluate_checkpoint(config, manager, template_state, stopper, pos_weight, stats, p_eval_step,
+                        data_dir) -> dict:
+  """Scores the best checkpoint on each test set."""
+  best = manager.best_step()
+  restored = manager.restore(best, args=ocp.args.StandardRestore(
+      _checkpoint_item(template_state, 0, stopper, pos_weight)))
+  replicated = jax_utils.replicate(restored["state"])
+  tests = {}
+  for test_set in input_pipeline.test_sets(config.scenario):
+    data = input_pipeline.load_test_data(test_set, config.patch, config.channels, data_dir, stats)
+    tests[test_set] = evaluate(p_eval_step, replicated, data, config)
+  return {"scenario": config.scenario, "model": config.model, "patch": config.patch,
+          "best_epoch": int(best), "threshold": config.threshold, "test": tests}
+
+
+def format_test_table(result: dict) -> str:
+  """The test scores as a small table, one row per test set."""
+  lines = [f"test scores of {result['scenario']}-{result['model']}-p{result['patch']} "
+           f"(best epoch {result['best_epoch']}):",
+           f"{'test set':<16} {'precision':>9} {'recall':>7} {'F1':>6} {'IoU':>6}"]
+  for name, s in result["test"].items():
+    lines.append(f"{name:<16} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} "
+                 f"{s['iou']:>6.3f}")
+  return "\n".join(lines)
+
+
+def train_from_flags(channels: str, **kwargs) -> dict:
+  """`launch.train`: parses the channel list, initialises multi-host JAX if configured, trains."""
+  maybe_initialize_distributed()
+  valid = constants.L4S_CHANNELS if kwargs.get("scenario") == "landslide4sense" else constants.SITE_CHANNELS
+  try:
+    parsed = constants.parse_channels(channels, valid)
+  except ValueError as err:
+    raise InputError(None, f"--channels: {err}", "pass names from the list above") from None
+  return train_and_evaluate(TrainConfig(channels=parsed, **kwargs))
+
+
+def maybe_initialize_distributed() -> None:
+  """Calls `jax.distributed.initialize()` when several processes are configured.
+
+  On TPU VM pods and SLURM/Open MPI clusters JAX detects the processes itself; elsewhere set
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  """
+  configured = (int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1
+                or "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1
+                or "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"])
+  if configured and not jax.distributed.is_initialized():
+    jax.distributed.initialize()

@@ -1,0 +1,43 @@
+"""Trains a model: `python -m launch.train --scenario=china --patch=128 [--model=unet]`.
+
+Without --manual_dir the built-in synthetic demo scenes are used (and said so).
+"""
+
+import jax
+from absl import app, flags
+
+from landslide_jax import cli, constants, train
+
+_SCENARIO = flags.DEFINE_string("scenario", "china", "all | taiwan | china | japan | landslide4sense")
+_PATCH = flags.DEFINE_integer("patch", 128, "Patch size: 32 | 64 | 128.")
+_MODEL = flags.DEFINE_string("model", "unet", "unet | resunet")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default runs/<scenario>-<model>-p<patch>).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Raw inputs (see launch.prepare); omit for the demo scenes.")
+_CHANNELS = flags.DEFINE_string("channels", ",".join(constants.DEFAULT_CHANNELS), "Input channels.")
+_BATCH = flags.DEFINE_integer("batch_size", 4, "Global batch size (the paper's: 4).")
+_LR = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+_MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 200, "Upper bound on epochs.")
+_PATIENCE = flags.DEFINE_integer("patience", 10, "Epochs without validation-loss improvement before stopping.")
+_MIN_DELTA = flags.DEFINE_float("min_delta", 0.0, "Smallest validation-loss decrease counted as improvement.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of initialisation and data order.")
+_POS_WEIGHT = flags.DEFINE_float("pos_weight", 1.0, "Loss weight of landslide pixels.")
+_CLASS_BALANCED = flags.DEFINE_bool("class_balanced", False, "Weight landslide pixels by #background/#landslide.")
+_THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Probability threshold for the landslide class.")
+_DEMO_SCALE = flags.DEFINE_float("demo_scale", 1.0, "Area of the demo scenes relative to the paper's sites.")
+
+
+def main(argv):
+  del argv
+  cli.run_reporting_input_errors(lambda: train.train_from_flags(
+      scenario=_SCENARIO.value, patch=_PATCH.value, model=_MODEL.value, workdir=_WORKDIR.value,
+      data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value, channels=_CHANNELS.value,
+      batch_size=_BATCH.value, learning_rate=_LR.value, max_epochs=_MAX_EPOCHS.value,
+      patience=_PATIENCE.value, min_delta=_MIN_DELTA.value, seed=_SEED.value,
+      pos_weight=_POS_WEIGHT.value, class_balanced=_CLASS_BALANCED.value, threshold=_THRESHOLD.value,
+      demo_scale=_DEMO_SCALE.value))
+
+
+if __name__ == "__main__":
+  jax.config.config_with_absl()
+  app.run(main)
