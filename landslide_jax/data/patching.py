@@ -64,3 +64,14 @@ def patch_grid(labels: np.ndarray, valid: np.ndarray, area: int, patch: int,
       area=AREA_NAMES[area], patch=patch,
       rows=(r0 + bi * patch).astype(np.int32), cols=(c0 + bj * patch).astype(np.int32),
       dropped_nodata=int((full & ~keep).sum()), dropped_boundary=int((touched & ~full).sum()))
+
+
+def stitch(windows: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
+           fill: float = 0.0) -> np.ndarray:
+  """Places (N, P, P) windows back on a (H, W) grid at their top-left (row, col); the inverse of
+  `PatchGrid.windows` for non-overlapping windows. Pixels no window covers get `fill`."""
+  out = np.full(shape, fill, dtype=windows.dtype)
+  p = windows.shape[-1]
+  for window, r, c in zip(windows, np.asarray(rows).tolist(), np.asarray(cols).tolist()):
+    out[r:r + p, c:c + p] = window
+  return out

@@ -18,6 +18,7 @@ import numpy as np
 import rasterio
 import rasterio.errors
 import rasterio.warp
+import rasterio.windows
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
@@ -121,17 +122,84 @@ def _stack_band_names(src: rasterio.io.DatasetReader, declared: tuple[str, ...] 
   return names
 
 
-def read_sentinel2(inputs, bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, Grid]:
-  """Reads the requested Sentinel-2 bands of a site.
+def read_sentinel2(inputs, bands: tuple[str, ...], window: rasterio.windows.Window | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, Grid]:
+  """Reads the requested Sentinel-2 bands of a site, or of one window of it.
 
   Args:
     inputs: the site's `SiteInputs`.
     bands: canonical band names to read, in output order.
+    window: a window of the scene (prediction reads scenes larger than memory block by block), or None
+      for the whole scene. With a window, an all-nodata result is allowed, and `s2_units: auto` is
+      decided on a decimated read of the whole scene, so every block is scaled alike.
 
   Returns:
     (image, valid, grid): image float32 (len(bands), H, W) in digital numbers (reflectance x 10000);
-    valid bool (H, W), False where every band is nodata or any band is not finite.
+    valid bool (H, W), False where every band is nodata or any band is not finite; the grid of what was
+    read.
   """
+  if window is not None:
+    units = inputs.s2_units
+    if units == "auto":
+      units = _decimated_units(inputs, bands)
+    image, valid, grid = _read_s2_pixels(inputs, bands, window)
+    return _to_dn(image, valid, units), valid, grid
+  image, valid, grid = _read_s2_pixels(inputs, bands, None)
+  source = inputs.s2_stack or inputs.s2_band_files[bands[0]]
+  if not valid.any():
+    raise InputError(source, "every pixel is nodata",
+                     "check the file, or set the right s2_nodata in manifest.json")
+  units = inputs.s2_units
+  if units == "auto":
+    units = _units_of(image, valid)
+  return _to_dn(image, valid, units), valid, grid
+
+
+def _units_of(image: np.ndarray, valid: np.ndarray) -> str:
+  if not valid.any():
+    return "dn"
+  return "reflectance" if np.percentile(image[:, valid], 99) <= _REFLECTANCE_MAX else "dn"
+
+
+def _to_dn(image: np.ndarray, valid: np.ndarray, units: str) -> np.ndarray:
+  if units == "reflectance":
+    image *= constants.S2_DN_PER_REFLECTANCE
+  image[:, ~valid] = 0.0
+  return image
+
+
+def _decimated_units(inputs, bands: tuple[str, ...]) -> str:
+  # A ~1000 px overview read of the whole scene: cheap, and the same answer for every block.
+  grid = scene_grid(inputs, bands)
+  step = max(1, max(grid.shape) // 1000)
+  image, valid, _ = _read_s2_pixels(inputs, bands, None, step=step)
+  return _units_of(image, valid)
+
+
+def scene_grid(inputs, bands: tuple[str, ...]) -> Grid:
+  """The Sentinel-2 grid of a site without reading its pixels."""
+  path = inputs.s2_stack or inputs.s2_band_files.get(bands[0])
+  if path is None:
+    raise InputError(inputs.site_dir, f"missing band {bands[0]}", "add its file or name it in manifest.json")
+  with open_raster(path, "Sentinel-2") as src:
+    return grid_of(src)
+
+
+def _read_s2_pixels(inputs, bands: tuple[str, ...], window, step: int = 1
+                    ) -> tuple[np.ndarray, np.ndarray, Grid]:
+  """Band values as stored (no unit scaling), their validity and the grid read."""
+  def read(src, index, what):
+    if step > 1:
+      shape = (max(1, src.height // step), max(1, src.width // step))
+      return read_band(src, index, what, out_shape=shape).astype(np.float32)
+    return read_band(src, index, what, window=window).astype(np.float32)
+
+  def window_grid(full: Grid) -> Grid:
+    if window is None:
+      return full
+    w = rasterio.windows.Window(*map(int, (window.col_off, window.row_off, window.width, window.height)))
+    return Grid(full.crs, rasterio.windows.transform(w, full.transform), (int(w.height), int(w.width)))
+
   layers, grid, nodata_values = [], None, []
   if inputs.s2_stack is not None:
     with open_raster(inputs.s2_stack, "Sentinel-2") as src:
@@ -142,7 +210,7 @@ def read_sentinel2(inputs, bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarr
           raise InputError(src.name, f"missing band {band} (file has {', '.join(names)})",
                            f"add {band} to the stack or choose other --channels")
         index = names.index(band) + 1
-        layers.append(read_band(src, index, "Sentinel-2").astype(np.float32))
+        layers.append(read(src, index, "Sentinel-2"))
         nodata_values.append(src.nodatavals[index - 1])
   else:
     for band in bands:
@@ -159,7 +227,7 @@ def read_sentinel2(inputs, bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarr
           raise InputError(path, f"band {band} is on a different grid than {first.name} "
                            f"({_describe(band_grid)} vs {_describe(grid)})",
                            "resample all bands onto one 10 m grid (gdalwarp -tr 10 10 -tap)")
-        layers.append(read_band(src, 1, f"Sentinel-2 {band}").astype(np.float32))
+        layers.append(read(src, 1, f"Sentinel-2 {band}"))
         nodata_values.append(src.nodatavals[0])
   image = np.stack(layers)
   nodata = inputs.s2_nodata
@@ -168,17 +236,7 @@ def read_sentinel2(inputs, bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarr
     nodata = tagged.pop() if len(tagged) == 1 else 0.0
   finite = np.isfinite(image).all(axis=0)
   valid = finite & ~(image == np.float32(nodata)).all(axis=0)
-  source = inputs.s2_stack or inputs.s2_band_files[bands[0]]
-  if not valid.any():
-    raise InputError(source, f"every pixel is nodata (value {nodata:g})",
-                     "check the file, or set the right s2_nodata in manifest.json")
-  units = inputs.s2_units
-  if units == "auto":
-    units = "reflectance" if np.percentile(image[:, valid], 99) <= _REFLECTANCE_MAX else "dn"
-  if units == "reflectance":
-    image *= constants.S2_DN_PER_REFLECTANCE
-  image[:, ~valid] = 0.0
-  return image, valid, grid
+  return image, valid, window_grid(grid)
 
 
 def read_onto_grid(path: str | os.PathLike, grid: Grid, what: str,

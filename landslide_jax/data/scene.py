@@ -6,6 +6,7 @@ import dataclasses
 import os
 
 import numpy as np
+import rasterio.windows
 
 from landslide_jax import constants
 from landslide_jax.data import inventory, raster_io, site_inputs
@@ -34,6 +35,41 @@ class Scene:
   input_hash: str
 
 
+def load_channels(inputs: site_inputs.SiteInputs, channels: tuple[str, ...],
+                  window: rasterio.windows.Window | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, raster_io.Grid]:
+  """The input channels of a site (or of one window of it) on its Sentinel-2 grid.
+
+  The one place channels are computed: dataset building reads whole scenes, prediction reads windows,
+  and both get the same S2 scaling, DEM reprojection and slope.
+
+  Returns:
+    (image float32 (C, H, W) with nodata pixels set to 0, valid bool (H, W), grid).
+  """
+  bands = tuple(c for c in channels if c in constants.SENTINEL2_BANDS)
+  if bands:
+    image, valid, grid = raster_io.read_sentinel2(inputs, bands, window)
+  else:
+    raise InputError(inputs.site_dir, f"channels {', '.join(channels)} include no Sentinel-2 band",
+                     "add at least one band, e.g. --channels=B2,B3,B4,B8,slope")
+  layers = dict(zip(bands, image))
+  # The DEM is read even when no DEM channel is asked for: a DEM that does not cover the scene
+  # means the inputs are not what the user thinks they are.
+  dem = raster_io.read_dem_on_grid(inputs.dem, grid, margin=1)
+  layers["dem"] = dem[1:-1, 1:-1]
+  if "slope" in channels:
+    layers["slope"] = slope_degrees(dem, grid.expanded(1).transform, grid.crs)[1:-1, 1:-1]
+  if inputs.nodata_mask is not None:
+    masked = raster_io.read_onto_grid(inputs.nodata_mask, grid, "nodata mask") > 0
+    valid &= ~masked
+    if window is None and not valid.any():
+      raise InputError(inputs.nodata_mask, "the nodata mask covers every valid pixel",
+                       "check the mask polarity: non-zero must mean invalid")
+  stacked = np.stack([layers[c] for c in channels]).astype(np.float32)
+  stacked[:, ~valid] = 0.0  # nodata carries no signal; `valid` tells the model to ignore it
+  return stacked, valid, grid
+
+
 def load_scene(site_dir: str | os.PathLike, channels: tuple[str, ...], name: str) -> Scene:
   """Reads one site folder into a `Scene` with the requested channels, in order.
 
@@ -41,29 +77,11 @@ def load_scene(site_dir: str | os.PathLike, channels: tuple[str, ...], name: str
     InputError: any unusable input (see README.md 'Errors').
   """
   inputs = site_inputs.find_site_inputs(site_dir)
-  bands = tuple(c for c in channels if c in constants.SENTINEL2_BANDS)
-  image, valid, grid = raster_io.read_sentinel2(inputs, bands)
-  layers = dict(zip(bands, image))
-
-  # The DEM is read even when no DEM channel is asked for: a DEM that does not cover the scene
-  # means the inputs are not what the user thinks they are.
-  dem = raster_io.read_dem_on_grid(inputs.dem, grid, margin=1)
-  layers["dem"] = dem[1:-1, 1:-1]
-  if "slope" in channels:
-    layers["slope"] = slope_degrees(dem, grid.expanded(1).transform, grid.crs)[1:-1, 1:-1]
-
+  image, valid, grid = load_channels(inputs, channels)
   landslides = inventory.read_mask(inputs.inventory, grid, "inventory", inputs.inventory_layer)
   test_area = None
   if inputs.test_area is not None:
     test_area = inventory.read_mask(inputs.test_area, grid, "test area").astype(bool)
-  if inputs.nodata_mask is not None:
-    masked = raster_io.read_onto_grid(inputs.nodata_mask, grid, "nodata mask") > 0
-    valid &= ~masked
-    if not valid.any():
-      raise InputError(inputs.nodata_mask, "the nodata mask covers every valid pixel",
-                       "check the mask polarity: non-zero must mean invalid")
-  stacked = np.stack([layers[c] for c in channels]).astype(np.float32)
-  stacked[:, ~valid] = 0.0  # nodata carries no signal; `valid` tells the model to ignore it
-  return Scene(name=name, channels=tuple(channels), image=stacked, valid=valid,
+  return Scene(name=name, channels=tuple(channels), image=image, valid=valid,
                landslides=landslides * valid.astype(np.uint8), test_area=test_area, grid=grid,
                source=inputs.source, input_hash=inputs.content_hash())
