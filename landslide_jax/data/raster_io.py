@@ -105,7 +105,7 @@ def _describe(grid: Grid) -> str:
   return f"shape {grid.shape}, {grid.crs}, origin ({t.c:.2f}, {t.f:.2f}), pixel ({t.a:g}, {t.e:g})"
 
 
-def _stack_band_names(src: rasterio.io.DatasetReader, declared: tuple[str, ...] | None) -> list[str]:
+def stack_band_names(src: rasterio.io.DatasetReader, declared: tuple[str, ...] | None) -> list[str]:
   if declared is not None:
     if len(declared) != src.count:
       raise InputError(src.name, f"manifest lists {len(declared)} bands but the file has {src.count}",
@@ -204,7 +204,7 @@ def _read_s2_pixels(inputs, bands: tuple[str, ...], window, step: int = 1
   if inputs.s2_stack is not None:
     with open_raster(inputs.s2_stack, "Sentinel-2") as src:
       grid = grid_of(src)
-      names = _stack_band_names(src, inputs.bands)
+      names = stack_band_names(src, inputs.bands)
       for band in bands:
         if band not in names:
           raise InputError(src.name, f"missing band {band} (file has {', '.join(names)})",
@@ -321,6 +321,7 @@ def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid,
       dst.write(data)
       for i, name in enumerate(descriptions or (), start=1):
         dst.set_band_description(i, name)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a map is meant to be shared
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

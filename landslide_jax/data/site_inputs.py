@@ -49,7 +49,7 @@ class SiteInputs:
   s2_units: str
   s2_nodata: float | None
   dem: Path
-  inventory: Path
+  inventory: Path | None  # None only for scenes to predict on (require_inventory=False)
   inventory_layer: str | None
   test_area: Path | None
   nodata_mask: Path | None
@@ -128,13 +128,17 @@ def _find_one(site_dir: Path, pattern: str, suffixes: tuple[str, ...]) -> Path |
   return hits[0].resolve() if hits else None
 
 
-def find_site_inputs(site_dir: str | os.PathLike) -> SiteInputs:
+def find_site_inputs(site_dir: str | os.PathLike, require_inventory: bool = True) -> SiteInputs:
   """Resolves the raw inputs of one site folder, from its manifest or from filename conventions.
 
   Conventions without a manifest (case-insensitive): one `s2*.tif`/`sentinel2*.tif` multi-band file with
   band descriptions, or per-band files whose names contain `B02`, `B03`, `B04`, `B08` (GeoTIFF or JP2);
   `dem*.tif`; `inventory.{gpkg,geojson,shp}` or `inventory*.tif`; optional `test_area.*` and
   `nodata_mask.tif`/`cloud_mask.tif`.
+
+  Args:
+    site_dir: the site folder.
+    require_inventory: False for a scene to map, which has no inventory yet.
 
   Raises:
     InputError: the folder or a named file is missing, the manifest is malformed or has unknown keys.
@@ -213,7 +217,7 @@ def find_site_inputs(site_dir: str | os.PathLike) -> SiteInputs:
       s2_units=units,
       s2_nodata=None if nodata is None else float(nodata),
       dem=named("dem", True, r"dem", RASTER_SUFFIXES),
-      inventory=named("inventory", True, r"inventory", VECTOR_SUFFIXES + RASTER_SUFFIXES),
+      inventory=named("inventory", require_inventory, r"inventory", VECTOR_SUFFIXES + RASTER_SUFFIXES),
       inventory_layer=None if layer is None else str(layer),
       test_area=named("test_area", False, r"test[-_]?area", VECTOR_SUFFIXES + RASTER_SUFFIXES),
       nodata_mask=named("nodata_mask", False, r"(nodata|cloud)[-_]?mask", RASTER_SUFFIXES),

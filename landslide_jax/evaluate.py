@@ -1,0 +1,294 @@
+"""Evaluation of a trained run from its orbax checkpoint (`python -m launch.evaluate`).
+
+Loads `<workdir>/config.json` and a checkpoint (best, latest or a step) with no flag repeated by hand,
+scores every test set with counts accumulated on device, and writes stitched test-area maps: probability
+and binary GeoTIFFs on the site grid and a PNG quicklook of true positives, false positives and false
+negatives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import jax_utils
+from flax.training import early_stopping
+from jax import lax
+
+from landslide_jax import constants, input_pipeline, metrics, prepare, train
+from landslide_jax.data import normalization, patching, raster_io
+from landslide_jax.errors import InputError
+from landslide_jax.models import create_model
+
+SWEEP_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.1), 2))
+# Quicklook colours (RGB 0-1): the paper's Figs. 6-9 show hits, false alarms and misses over the image.
+COLOURS = {"true positive": (1.0, 0.85, 0.0), "false positive": (0.9, 0.1, 0.1),
+           "false negative": (0.1, 0.6, 1.0)}
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained run, ready to predict: its config, normalisation and restored parameters."""
+  workdir: Path
+  config: train.TrainConfig
+  stats: normalization.ChannelStats
+  state: Any
+  step: int
+
+  @functools.cached_property
+  def _apply(self):
+    state = self.state
+
+    @jax.jit
+    def probabilities(images):
+      logits, _ = train.apply_model(state, state.params, images, train=False)
+      return jax.nn.sigmoid(logits[..., 0])
+    return probabilities
+
+  def predict(self, images: np.ndarray) -> np.ndarray:
+    """Landslide probabilities (N, P, P) of normalised images (N, P, P, C)."""
+    return np.asarray(self._apply(jnp.asarray(images, jnp.float32)))
+
+
+def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
+  """Loads a run's config and the checkpoint `best`, `latest` or a step number.
+
+  Raises:
+    InputError: not a run folder, or no such checkpoint.
+  """
+  workdir = Path(workdir)
+  config_path = workdir / "config.json"
+  if not config_path.is_file():
+    raise InputError(workdir, "no config.json: not a training run folder",
+                     "pass the --workdir of a run made by python -m launch.train")
+  saved = json.loads(config_path.read_text())
+  flags = dict(saved["flags"])
+  flags["channels"] = tuple(flags["channels"])
+  config = train.TrainConfig(**flags)
+  if "normalization" not in saved:
+    raise InputError(config_path, "has no normalisation statistics (written by an older version)",
+                     "re-run python -m launch.train in that workdir")
+  stats = normalization.ChannelStats.from_json(saved["normalization"])
+  model = create_model(config.model)
+  template = train.create_train_state(jax.random.key(0), model,
+                                      (1, config.patch, config.patch, len(config.channels)), config)
+  manager = train.checkpoint_manager(workdir)
+  steps = list(manager.all_steps())
+  if checkpoint == "best":
+    step = manager.best_step()
+  elif checkpoint == "latest":
+    step = manager.latest_step()
+  else:
+    try:
+      step = int(checkpoint)
+    except ValueError:
+      raise InputError(None, f"--checkpoint={checkpoint!r} is not valid",
+                       "use best, latest or a step number") from None
+  if step is None or step not in steps:
+    raise InputError(workdir / train.CHECKPOINT_DIR, f"no checkpoint {checkpoint!r} "
+                     f"(available steps: {', '.join(map(str, steps)) or 'none'})",
+                     "train first (python -m launch.train with the same --workdir) or pick a saved step")
+  restored = manager.restore(step, args=ocp.args.StandardRestore(train.checkpoint_item(
+      template, 0, early_stopping.EarlyStopping(), 1.0)))
+  manager.close()
+  return Run(workdir, config, stats, restored["state"], int(step))
+
+
+def predict_step(state, batch: dict, threshold: float) -> tuple[jax.Array, jax.Array]:
+  """Probabilities of a batch and its confusion counts, summed over devices (pmapped)."""
+  logits, _ = train.apply_model(state, state.params, batch["image"], train=False)
+  counts = metrics.confusion_counts(logits, batch["mask"], batch["valid"], threshold)
+  return jax.nn.sigmoid(logits[..., 0]), lax.psum(counts, train.AXIS)
+
+
+def predict_split(run: Run, data: input_pipeline.SplitData, threshold: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(probabilities (N, P, P), counts [TP, FP, FN, TN]) of a whole split; counts summed on device."""
+  p_step = jax.pmap(functools.partial(predict_step, threshold=threshold), axis_name=train.AXIS)
+  replicated = jax_utils.replicate(run.state)
+  devices = jax.local_device_count()
+  batch_size = max(run.config.batch_size, devices)
+  batch_size -= batch_size % devices
+  probs, counts = [], np.zeros(4)
+  for batch in input_pipeline.batches(data, batch_size, devices, shuffle=False):
+    p, c = p_step(replicated, batch)
+    probs.append(np.asarray(p).reshape(-1, *p.shape[2:]))
+    counts += np.asarray(c[0], np.float64)
+  return np.concatenate(probs)[:len(data)], counts
+
+
+def check_dataset(run: Run, name: str, data_dir: str | os.PathLike) -> dict:
+  """The test dataset must have the run's channels; its training-scenario statistics must not have
+  changed since training (a rebuilt dataset would silently shift every input)."""
+  path = input_pipeline.dataset_dir(name, run.config.patch, run.config.channels, data_dir)
+  metadata = normalization.read_metadata(path)
+  if tuple(metadata["channels"]) != tuple(run.config.channels):
+    raise InputError(path, f"dataset channels {metadata['channels']} differ from the run's "
+                     f"{list(run.config.channels)}", "evaluate on datasets built with the run's --channels")
+  return metadata
+
+
+def _check_normalization(run: Run, data_dir) -> None:
+  current = input_pipeline.scenario_normalization(run.config.scenario, run.config.patch,
+                                                  run.config.channels, data_dir)
+  if not (np.allclose(current.mean, run.stats.mean, rtol=1e-6)
+          and np.allclose(current.std, run.stats.std, rtol=1e-6)):
+    raise InputError(data_dir, "the training datasets' normalisation differs from the run's (the "
+                     "datasets were rebuilt from other inputs since training)",
+                     "evaluate with the --data_dir the run was trained on, or retrain")
+
+
+def threshold_table(probs: np.ndarray, data: input_pipeline.SplitData,
+                    thresholds=SWEEP_THRESHOLDS) -> list[dict]:
+  """Precision, recall and F1 at each threshold (host-side, from the stored probabilities)."""
+  valid = data.valid[..., 0].astype(bool)
+  truth = data.mask[..., 0].astype(bool)[valid]
+  p = probs[valid]
+  rows = []
+  for t in thresholds:
+    pred = p > t
+    tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
+    rows.append({"threshold": float(t), **metrics.scores(tp, fp, fn)})
+  return rows
+
+
+def write_site_maps(out_dir: Path, site: str, probs: np.ndarray, data: input_pipeline.SplitData,
+                    metadata: dict, threshold: float, raw: input_pipeline.SplitData) -> dict:
+  """GeoTIFFs (probability float32, binary uint8) and a PNG quicklook of one site's test area."""
+  area = metadata["areas"]["test"]
+  grid = raster_io.Grid.from_json(metadata["grid"])
+  r0 = int(round((area["transform"][5] - grid.transform.f) / grid.transform.e))
+  c0 = int(round((area["transform"][2] - grid.transform.c) / grid.transform.a))
+  shape = tuple(area["shape"])
+  test_grid = raster_io.Grid(grid.crs, grid.window_transform(r0, c0), shape)
+  rows, cols = data.row - r0, data.col - c0
+  valid = patching.stitch(data.valid[..., 0], rows, cols, shape, fill=0).astype(bool)
+  prob_map = np.where(valid, patching.stitch(probs.astype(np.float32), rows, cols, shape, fill=0),
+                      -1.0).astype(np.float32)
+  binary = np.where(valid, prob_map > threshold, 255).astype(np.uint8)
+  truth = patching.stitch(data.mask[..., 0], rows, cols, shape, fill=0).astype(bool)
+  paths = {
+      "probability": raster_io.write_geotiff(out_dir / f"{site}_probability.tif", prob_map, test_grid,
+                                             nodata=-1.0),
+      "landslides": raster_io.write_geotiff(out_dir / f"{site}_landslides.tif", binary, test_grid,
+                                            nodata=255),
+  }
+  channels = metadata["channels"]
+  rgb = None
+  if all(b in channels for b in ("B4", "B3", "B2")):
+    rgb = np.stack([patching.stitch(raw.image[..., channels.index(b)], rows, cols, shape, fill=0)
+                    for b in ("B4", "B3", "B2")], axis=-1)
+  paths["quicklook"] = quicklook(out_dir / f"{site}_quicklook.png", rgb, binary == 1, truth, valid,
+                                 title=f"{site} test area")
+  return {k: str(v) for k, v in paths.items()}
+
+
+def quicklook(path: Path, rgb: np.ndarray | None, predicted: np.ndarray, truth: np.ndarray,
+              valid: np.ndarray, title: str) -> Path:
+  """PNG: the image (2-98% stretch) with TP, FP and FN pixels in three colours and a legend."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.patches as mpatches  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  if rgb is None:
+    canvas = np.full((*valid.shape, 3), 0.5, np.float32)
+  else:
+    lo, hi = np.percentile(rgb[valid], (2, 98), axis=0) if valid.any() else (0.0, 1.0)
+    canvas = np.clip((rgb - lo) / np.maximum(hi - lo, 1e-6), 0, 1).astype(np.float32)
+  canvas[~valid] = 1.0
+  for name, colour in COLOURS.items():
+    kind = {"true positive": predicted & truth, "false positive": predicted & ~truth,
+            "false negative": ~predicted & truth}[name]
+    canvas[kind & valid] = colour
+  height, width = valid.shape
+  scale = 8.0 / max(height, width)
+  fig, ax = plt.subplots(figsize=(max(width * scale, 3), max(height * scale, 3) + 0.6), dpi=120)
+  ax.imshow(canvas, interpolation="nearest")
+  ax.set_title(title)
+  ax.set_axis_off()
+  ax.legend(handles=[mpatches.Patch(color=c, label=n) for n, c in COLOURS.items()],
+            loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=3, frameon=False, fontsize=8)
+  fig.savefig(path, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None = None,
+                 checkpoint: str = "best", data_dir: str | os.PathLike | None = None,
+                 threshold: float | None = None, sweep_thresholds: bool = False,
+                 write_maps: bool = True) -> dict:
+  """Scores a run's checkpoint on its test sets and writes `<workdir>/eval/metrics.json` and maps."""
+  run = load_run(workdir, checkpoint)
+  config = run.config
+  data_dir = data_dir or config.data_dir or os.fspath(prepare.default_data_dir())
+  threshold = config.threshold if threshold is None else threshold
+  valid_sets = input_pipeline.test_sets(config.scenario)
+  test_sets = tuple(test_sets or valid_sets)
+  unknown = [t for t in test_sets if t not in valid_sets]
+  if unknown:
+    raise InputError(None, f"--test_sets {', '.join(unknown)} not valid for scenario {config.scenario}",
+                     f"use some of: {', '.join(valid_sets)}")
+  _check_normalization(run, data_dir)
+  out_dir = run.workdir / "eval"
+  out_dir.mkdir(parents=True, exist_ok=True)
+  sites = [s for s in (constants.SITE_NAMES if "all" in test_sets else ()) if s not in test_sets]
+  results, maps, sweeps, per_site = {}, {}, {}, {}
+  for name in list(test_sets) + sites:
+    if name == "all":
+      continue
+    metadata = check_dataset(run, name, data_dir)
+    raw = input_pipeline.load_test_data(name, config.patch, config.channels, data_dir,
+                                        normalization.ChannelStats(config.channels,
+                                                                   (0.0,) * len(config.channels),
+                                                                   (1.0,) * len(config.channels), 1))
+    data = raw.normalized(run.stats)
+    probs, counts = predict_split(run, data, threshold)
+    per_site[name] = (counts, probs, data)
+    if name in test_sets:
+      results[name] = metrics.report(counts)
+      if sweep_thresholds:
+        sweeps[name] = threshold_table(probs, data)
+      if write_maps and metadata.get("grid"):
+        maps[name] = write_site_maps(out_dir, name, probs, data, metadata, threshold, raw)
+  if "all" in test_sets:
+    total = sum(per_site[s][0] for s in constants.SITE_NAMES)
+    results["all"] = metrics.report(total)
+    if sweep_thresholds:
+      merged = input_pipeline.SplitData.concatenate([per_site[s][2] for s in constants.SITE_NAMES])
+      sweeps["all"] = threshold_table(np.concatenate([per_site[s][1] for s in constants.SITE_NAMES]),
+                                      merged)
+  result = {"workdir": str(run.workdir), "scenario": config.scenario, "model": config.model,
+            "patch": config.patch, "checkpoint_step": run.step, "threshold": threshold,
+            "test": {k: results[k] for k in test_sets}, "maps": maps}
+  if sweep_thresholds:
+    result["threshold_sweep"] = sweeps
+  tmp = out_dir / "metrics.json.tmp"
+  tmp.write_text(json.dumps(result, indent=2) + "\n")
+  os.replace(tmp, out_dir / "metrics.json")
+  print(format_table(result), flush=True)
+  return result
+
+
+def format_table(result: dict) -> str:
+  """Scores per test set (and the threshold sweep, if any) as text."""
+  lines = [f"{result['scenario']}-{result['model']}-p{result['patch']} checkpoint step "
+           f"{result['checkpoint_step']}, threshold {result['threshold']}:",
+           f"{'test set':<16} {'precision':>9} {'recall':>7} {'F1':>6} {'IoU':>6}"]
+  for name, s in result["test"].items():
+    lines.append(f"{name:<16} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['iou']:>6.3f}")
+  for name, rows in result.get("threshold_sweep", {}).items():
+    lines.append(f"precision-recall sweep, {name}:")
+    lines.append(f"  {'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>6}")
+    for row in rows:
+      lines.append(f"  {row['threshold']:>9.2f} {row['precision']:>9.3f} {row['recall']:>7.3f} "
+                   f"{row['f1']:>6.3f}")
+  return "\n".join(lines)

@@ -1,0 +1,25 @@
+"""Scores a trained run from its checkpoint and writes test-area maps:
+`python -m launch.evaluate --workdir=runs/china-unet-p128`."""
+
+from absl import app, flags
+
+from landslide_jax import cli, evaluate
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder made by launch.train.", required=True)
+_TEST_SITES = flags.DEFINE_list("test_sites", None, "Test sets (default: all of the run's): taiwan,china,japan,all.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the run's).")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Probability threshold (default: the run's, 0.5).")
+_SWEEP = flags.DEFINE_bool("sweep_thresholds", False, "Also print a precision-recall table over thresholds.")
+
+
+def main(argv):
+  del argv
+  cli.run_reporting_input_errors(lambda: evaluate.evaluate_run(
+      _WORKDIR.value, test_sets=tuple(_TEST_SITES.value) if _TEST_SITES.value else None,
+      checkpoint=_CHECKPOINT.value, data_dir=_DATA_DIR.value, threshold=_THRESHOLD.value,
+      sweep_thresholds=_SWEEP.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,29 @@
+"""Maps landslides in a new scene with a trained run:
+`python -m launch.predict --workdir=runs/china-unet-p128 --scene=s2.tif --dem=dem.tif --out=maps/`."""
+
+from absl import app, flags
+
+from landslide_jax import cli, predict
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder made by launch.train.", required=True)
+_SCENE = flags.DEFINE_string("scene", None, "Sentinel-2 GeoTIFF (band descriptions B02...) or a site manifest.", required=True)
+_DEM = flags.DEFINE_string("dem", None, "DEM GeoTIFF covering the scene (optional with a manifest naming one).")
+_OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
+_OVERLAP = flags.DEFINE_float("overlap", 0.5, "Share of a window overlapping its neighbour.")
+_BLEND = flags.DEFINE_enum("blend", "cosine", list(predict.BLENDS), "Window weights.")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Probability threshold (default: the run's).")
+_MIN_AREA = flags.DEFINE_float("min_area_m2", 0.0, "Drop polygons smaller than this.")
+_BLOCK = flags.DEFINE_integer("block", 1024, "Block side in pixels read at once (memory, not results).")
+
+
+def main(argv):
+  del argv
+  cli.run_reporting_input_errors(lambda: predict.predict_scene(
+      _WORKDIR.value, _SCENE.value, _DEM.value, _OUT.value, checkpoint=_CHECKPOINT.value,
+      overlap=_OVERLAP.value, blend=_BLEND.value, threshold=_THRESHOLD.value,
+      min_area_m2=_MIN_AREA.value, block=_BLOCK.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,31 @@
+"""The paper's grid of trainings with its tables and figures:
+`python -m launch.sweep --scenarios=all,taiwan,china,japan --patches=32,64,128 --models=unet,resunet`."""
+
+from absl import app, flags
+
+from landslide_jax import cli, constants, sweep, train
+
+_SCENARIOS = flags.DEFINE_list("scenarios", list(sweep.SCENARIO_ORDER), "Training scenarios.")
+_PATCHES = flags.DEFINE_list("patches", [str(p) for p in constants.PATCH_SIZES], "Patch sizes.")
+_MODELS = flags.DEFINE_list("models", list(sweep.MODEL_NAMES), "Models.")
+_MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 200, "Upper bound on epochs per run.")
+_PATIENCE = flags.DEFINE_integer("patience", 10, "Early-stopping patience.")
+_OUT = flags.DEFINE_string("out", "results", "Folder for tables and figures.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs", "Folder holding one folder per run.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Raw inputs; omit for the demo scenes.")
+_DEMO_SCALE = flags.DEFINE_float("demo_scale", 1.0, "Area of the demo scenes relative to the paper's sites.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of every run.")
+
+
+def main(argv):
+  del argv
+  cli.run_reporting_input_errors(lambda: sweep.sweep_from_flags(
+      scenarios=_SCENARIOS.value, patches=_PATCHES.value, models=_MODELS.value, out=_OUT.value,
+      workdir_root=_WORKDIR.value, base=train.TrainConfig(
+          max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value, data_dir=_DATA_DIR.value,
+          manual_dir=_MANUAL_DIR.value, demo_scale=_DEMO_SCALE.value, seed=_SEED.value)))
+
+
+if __name__ == "__main__":
+  app.run(main)
