@@ -29,6 +29,7 @@ from flax.training import early_stopping, train_state
 from jax import lax
 
 from landslide_jax import constants, input_pipeline, metrics, prepare
+from landslide_jax.data import normalization
 from landslide_jax.errors import InputError
 from landslide_jax.models import create_model
 
@@ -89,7 +90,8 @@ def weighted_bce_sum(logits: jax.Array, mask: jax.Array, valid: jax.Array,
   return jnp.sum(loss * weight), jnp.sum(valid)
 
 
-def _apply(state: TrainState, params, images, train: bool):
+def apply_model(state: TrainState, params, images, train: bool):
+  """Model logits; in training mode with BatchNorm also the updated `batch_stats` (else {})."""
   variables = {"params": params}
   if state.batch_stats is not None:
     variables["batch_stats"] = state.batch_stats
@@ -110,7 +112,7 @@ def train_step(state: TrainState, batch: dict, pos_weight: float) -> tuple[Train
   num_devices = lax.psum(1, AXIS)
 
   def loss_fn(params):
-    logits, updates = _apply(state, params, batch["image"], train=True)
+    logits, updates = apply_model(state, params, batch["image"], train=True)
     loss_sum, _ = weighted_bce_sum(logits, batch["mask"], batch["valid"], pos_weight)
     return loss_sum * num_devices / jnp.maximum(global_valid, 1.0), updates
 
@@ -125,7 +127,7 @@ def train_step(state: TrainState, batch: dict, pos_weight: float) -> tuple[Train
 
 def eval_step(state: TrainState, batch: dict, pos_weight: float, threshold: float) -> dict:
   """Loss sum, valid count and confusion counts of a batch, summed over devices (on device)."""
-  logits, _ = _apply(state, state.params, batch["image"], train=False)
+  logits, _ = apply_model(state, state.params, batch["image"], train=False)
   loss_sum, count = weighted_bce_sum(logits, batch["mask"], batch["valid"], pos_weight)
   counts = metrics.confusion_counts(logits, batch["mask"], batch["valid"], threshold)
   return lax.psum({"loss_sum": loss_sum, "count": count, "counts": counts}, AXIS)
@@ -139,10 +141,8 @@ def evaluate(p_eval_step, state, data: input_pipeline.SplitData, config: TrainCo
                                       process_count=jax.process_count()):
     out = jax.tree.map(lambda x: np.asarray(x[0], np.float64), p_eval_step(state, batch))
     totals = out if totals is None else jax.tree.map(np.add, totals, out)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    totals = jax.tree.map(lambda x: np.asarray(x).sum(0),
-                          multihost_utils.process_allgather(totals))
+  # No cross-process gather: under multi-process pmap the axis spans every process's devices, so the
+  # psum in eval_step already holds the global totals (gathering again counted them process_count times).
   result = metrics.report(totals["counts"])
   result["loss"] = float(totals["loss_sum"] / max(totals["count"], 1.0))
   return result
@@ -201,21 +201,27 @@ def ensure_datasets(config: TrainConfig) -> dict[str, str]:
     names.update(constants.SITE_NAMES if test_set == "all" else (test_set,))
   names = sorted(names)
   manual_dir = config.manual_dir
-  if manual_dir is None:
-    if "landslide4sense" in names:
-      raise InputError(None, "--scenario=landslide4sense needs --manual_dir",
-                       "pass the folder holding TrainData/ (e.g. ../shared/data/landslide4sense_sample)")
-    manual_dir = prepare.demo_manual_dir(data_dir, tuple(names), config.demo_scale)
-  sources = {}
-  for name in names:
-    done = prepare.prepare_site(name, config.patch, data_dir, manual_dir, config.channels)
-    if done.rebuilt:
-      print(f"prepared dataset {name} p{config.patch} at {done.path}", flush=True)
-    sources[name] = done.metadata["source"]
-  return sources
+  if manual_dir is None and "landslide4sense" in names:
+    raise InputError(None, "--scenario=landslide4sense needs --manual_dir",
+                     "pass the folder holding TrainData/ (e.g. ../shared/data/landslide4sense_sample)")
+  # One process builds; the others wait, then read. Several processes building into one data dir at
+  # once could replace a folder another one is reading.
+  if jax.process_index() == 0:
+    if manual_dir is None:
+      manual_dir = prepare.demo_manual_dir(data_dir, tuple(names), config.demo_scale)
+    for name in names:
+      done = prepare.prepare_site(name, config.patch, data_dir, manual_dir, config.channels)
+      if done.rebuilt:
+        print(f"prepared dataset {name} p{config.patch} at {done.path}", flush=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("landslide_jax:datasets_ready")
+  return {name: normalization.read_metadata(
+      input_pipeline.dataset_dir(name, config.patch, config.channels, data_dir))["source"]
+          for name in names}
 
 
-def _checkpoint_manager(workdir: Path) -> ocp.CheckpointManager:
+def checkpoint_manager(workdir: Path) -> ocp.CheckpointManager:
   # Keep the latest (to resume) and the best by validation loss (to evaluate). best_fn with max_to_keep
   # would delete the latest when it is not among the best, so use a preservation policy instead.
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
@@ -227,7 +233,7 @@ def _checkpoint_manager(workdir: Path) -> ocp.CheckpointManager:
   return ocp.CheckpointManager((workdir / CHECKPOINT_DIR).resolve(), options=options)
 
 
-def _checkpoint_item(state: TrainState, epoch: int, stopper: early_stopping.EarlyStopping,
+def checkpoint_item(state: TrainState, epoch: int, stopper: early_stopping.EarlyStopping,
                      pos_weight: float) -> dict:
   return {"state": jax.device_get(state), "epoch": epoch, "pos_weight": pos_weight,
           "early_stopping": {"best_metric": stopper.best_metric,
@@ -282,12 +288,13 @@ def train_and_evaluate(config: TrainConfig) -> dict:
 
   check_config(config)
   workdir = config.resolved_workdir()
-  workdir.mkdir(parents=True, exist_ok=True)
   data_dir = config.data_dir or os.fspath(prepare.default_data_dir())
   sources = ensure_datasets(config)
-  _write_json(workdir / "config.json", _run_config(config, sources))
-
+  # Only now: bad raw inputs must not leave an empty run folder behind.
+  workdir.mkdir(parents=True, exist_ok=True)
   stats = input_pipeline.scenario_normalization(config.scenario, config.patch, config.channels, data_dir)
+  # The statistics travel with the run: evaluation and prediction normalise exactly as training did.
+  _write_json(workdir / "config.json", {**_run_config(config, sources), "normalization": stats.to_json()})
   data = input_pipeline.load_training_data(config.scenario, config.patch, config.channels, data_dir,
                                            stats)
   pos_weight = (input_pipeline.positive_weight(data["train"]) if config.class_balanced
@@ -297,11 +304,11 @@ def train_and_evaluate(config: TrainConfig) -> dict:
   state = create_train_state(jax.random.key(config.seed), model,
                              (1, config.patch, config.patch, len(config.channels)), config)
   stopper = early_stopping.EarlyStopping(min_delta=config.min_delta, patience=config.patience)
-  manager = _checkpoint_manager(workdir)
+  manager = checkpoint_manager(workdir)
   start_epoch = 0
   if manager.latest_step() is not None:
     restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(
-        _checkpoint_item(state, 0, stopper, pos_weight)))
+        checkpoint_item(state, 0, stopper, pos_weight)))
     state, start_epoch = restored["state"], int(restored["epoch"])
     es = restored["early_stopping"]
     stopper = stopper.replace(best_metric=float(es["best_metric"]),
@@ -341,18 +348,19 @@ def train_and_evaluate(config: TrainConfig) -> dict:
             f"val P/R/F1 {val['precision']:.3f}/{val['recall']:.3f}/{val['f1']:.3f}"
             f"{'  *best*' if stopper.has_improved else ''}  ({record['seconds']:.1f} s)", flush=True)
     manager.save(epoch, args=ocp.args.StandardSave(
-        _checkpoint_item(jax_utils.unreplicate(replicated), epoch, stopper, pos_weight)),
+        checkpoint_item(jax_utils.unreplicate(replicated), epoch, stopper, pos_weight)),
         metrics={"val_loss": val["loss"]})
   manager.wait_until_finished()
   logger.close()
-  if stopper.should_stop:
+  if stopper.should_stop and jax.process_index() == 0:
     print(f"early stopping after epoch {epoch} (best val_loss {stopper.best_metric:.4f})", flush=True)
 
   result = evaluate_checkpoint(config, manager, state, stopper, pos_weight, stats, p_eval_step,
                                data_dir)
   _write_json(workdir / "metrics.json", result)
   manager.close()
-  print(format_test_table(result), flush=True)
+  if jax.process_index() == 0:  # every process has the same scores; one table in the job log
+    print(format_test_table(result), flush=True)
   return result
 
 
@@ -361,7 +369,7 @@ def evaluate_checkpoint(config, manager, template_state, stopper, pos_weight, st
   """Scores the best checkpoint on each test set."""
   best = manager.best_step()
   restored = manager.restore(best, args=ocp.args.StandardRestore(
-      _checkpoint_item(template_state, 0, stopper, pos_weight)))
+      checkpoint_item(template_state, 0, stopper, pos_weight)))
   replicated = jax_utils.replicate(restored["state"])
   tests = {}
   for test_set in input_pipeline.test_sets(config.scenario):
@@ -403,4 +411,8 @@ def maybe_initialize_distributed() -> None:
                 or "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1
                 or "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"])
   if configured and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+    # jax reads JAX_COORDINATOR_ADDRESS itself but not JAX_NUM_PROCESSES / JAX_PROCESS_ID (only
+    # cluster auto-detection fills those), so pass them on; unset ones are left to that detection.
+    env = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+    jax.distributed.initialize(**{arg: int(os.environ[var]) for arg, var in env.items()
+                                  if var in os.environ})

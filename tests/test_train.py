@@ -1,0 +1,426 @@
+"""Tests of training (landslide_jax/train.py, launch/train.py).
+
+Runs are tiny (three 64 x 320 px sites, 32 px patches, U-Net, 1-4 epochs) and share the prepared datasets
+and a persistent XLA compilation cache, so the whole file takes a few minutes on 2 CPU cores; most of it
+is compiling the first train step. Multi-device and multi-process runs, kills and bad command lines run
+in subprocesses. Exact equalities (resume, kill, seeds) assume one deterministic backend (CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+from landslide_jax import constants, input_pipeline, prepare, train
+from tests import train_fixtures
+from tests.conftest import ROOT
+
+MAX_EPOCHS = 4
+# With this seed the tiny runs' validation loss is lowest at epoch 1 and not at the last epoch, so the
+# best and the latest checkpoints differ (test_checkpoints_keep_best_and_latest checks it still holds).
+SEED = 1
+FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
+SUBPROCESS_TIMEOUT = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class Env:
+  """Prepared inputs shared by every run of this module."""
+  root: Path
+  raw: Path
+  data_dir: Path
+  cache: Path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """Raw sites and their p32 datasets, plus a compilation cache used in-process and by subprocesses.
+
+  Every run compiles the same programs (a new `jax.pmap` per run misses jax's in-memory caches); the
+  persistent cache turns ~25 s of compilation per run into a lookup.
+  """
+  root = tmp_path_factory.mktemp("train")
+  raw = train_fixtures.write_sites(root / "raw")
+  data_dir = root / "tfds"
+  prepare.prepare(constants.SITE_NAMES, (train_fixtures.PATCH,), data_dir, raw,
+                  constants.parse_channels(train_fixtures.CHANNELS, constants.SITE_CHANNELS))
+  cache = root / "jax_cache"
+  saved = {name: getattr(jax.config, name) for name in
+           ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  compilation_cache.set_cache_dir(str(cache))
+  compilation_cache.reset_cache()  # the cache is looked up once per process; make it look again
+  yield Env(root, raw, data_dir, cache)
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def _train(env: Env, workdir: Path, **overrides) -> dict:
+  """An in-process run on China (scored on all sites and 'all'), as `launch.train` would do it."""
+  kwargs = dict(scenario="china", patch=train_fixtures.PATCH, model="unet", workdir=str(workdir),
+                data_dir=str(env.data_dir), manual_dir=str(env.raw), max_epochs=MAX_EPOCHS, patience=10,
+                seed=SEED)
+  kwargs.update(overrides)
+  return train.train_from_flags(channels=train_fixtures.CHANNELS, **kwargs)
+
+
+def _launch_args(env: Env, workdir: Path, *flags: str) -> list[str]:
+  return [sys.executable, "-m", "launch.train", "--scenario=china", f"--patch={train_fixtures.PATCH}",
+          "--model=unet", f"--workdir={workdir}", f"--data_dir={env.data_dir}",
+          f"--manual_dir={env.raw}", "--patience=10", f"--seed={SEED}", *flags]
+
+
+def _subprocess_env(env: Env | None = None, **extra: str) -> dict[str, str]:
+  out = dict(os.environ, **extra)
+  if env is not None:
+    out.update(JAX_COMPILATION_CACHE_DIR=str(env.cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  return out
+
+
+def _snapshot(workdir: Path) -> dict:
+  """What a run leaves to compare: metrics.json and metrics.jsonl without the wall-clock field."""
+  epochs = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+  for record in epochs:
+    record.pop("seconds")
+  return {"metrics": json.loads((workdir / "metrics.json").read_text()), "epochs": epochs}
+
+
+def _checkpoint_steps(workdir: Path) -> list[int]:
+  return sorted(int(p.name) for p in (workdir / train.CHECKPOINT_DIR).iterdir() if p.name.isdigit())
+
+
+def _committed(workdir: Path, step: int) -> bool:
+  # orbax writes `<step>.orbax-checkpoint-tmp...` and renames it to `<step>` once complete.
+  return (workdir / train.CHECKPOINT_DIR / str(step) / "commit_success.txt").is_file()
+
+
+@pytest.fixture(scope="module")
+def reference(env):
+  """One uninterrupted run of MAX_EPOCHS epochs."""
+  workdir = env.root / "reference"
+  _train(env, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def short_run(env):
+  """A fresh run of 2 epochs (the first half of the resume test, and a seed-test baseline)."""
+  workdir = env.root / "short"
+  _train(env, workdir, max_epochs=2)
+  return workdir
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. Data parallelism: 4 devices take the same step as 1 device on the same global batch.
+
+
+def test_pmap_four_devices_equal_one_device():
+  proc = subprocess.run([sys.executable, "-m", "tests.train_fixtures", "pmap_equivalence"], cwd=ROOT,
+                        env=_subprocess_env(XLA_FLAGS=FOUR_DEVICES, JAX_PLATFORMS="cpu"),
+                        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert set(report) == {"unet", "resunet"}
+  assert report["resunet"]["has_batch_stats"] and not report["unet"]["has_batch_stats"]
+  for name, result in report.items():
+    assert result["param_change"] > 1e-3, (name, result)  # the step did move the parameters
+    for key, diff in result["diff"].items():
+      assert diff < 1e-5, (name, key, result)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. Loss: masked by `valid`, weighted by pos_weight, equal to the log-sigmoid formula.
+
+
+def _numpy_bce(logits, mask, valid, pos_weight):
+  z, y = np.asarray(logits, np.float64), np.asarray(mask, np.float64)
+  # -[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))], with log sigmoid(z) = -log(1 + exp(-z)).
+  loss = y * np.logaddexp(0.0, -z) + (1 - y) * np.logaddexp(0.0, z)
+  weight = np.asarray(valid, np.float64) * np.where(y == 1, pos_weight, 1.0)
+  return float(np.sum(loss * weight)), float(np.sum(valid))
+
+
+def test_weighted_bce_known_answer():
+  logits = np.array([[[[2.0], [-1.0]], [[0.5], [-3.0]]]], np.float32)
+  mask = np.array([[[[1], [0]], [[0], [1]]]], np.uint8)
+  valid = np.array([[[[1], [1]], [[0], [1]]]], np.uint8)
+  loss, count = train.weighted_bce_sum(logits, mask, valid, pos_weight=2.5)
+  expected = 2.5 * math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0)) + 2.5 * math.log1p(math.exp(3.0))
+  assert float(count) == 3.0
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+  np.testing.assert_allclose(float(loss), _numpy_bce(logits, mask, valid, 2.5)[0], rtol=1e-6)
+
+
+def test_weighted_bce_ignores_invalid_pixels():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(0, 3, (2, 8, 8, 1)).astype(np.float32)
+  mask = (rng.random((2, 8, 8, 1)) < 0.3).astype(np.uint8)
+  valid = (rng.random((2, 8, 8, 1)) < 0.6).astype(np.uint8)
+  base = [float(v) for v in train.weighted_bce_sum(logits, mask, valid, 3.0)]
+  invalid = valid == 0
+  logits2 = np.where(invalid, rng.normal(0, 50, logits.shape), logits).astype(np.float32)
+  mask2 = np.where(invalid, 1 - mask, mask).astype(np.uint8)
+  assert [float(v) for v in train.weighted_bce_sum(logits2, mask2, valid, 3.0)] == base
+  np.testing.assert_allclose(base, _numpy_bce(logits, mask, valid, 3.0), rtol=1e-5)
+  # Sanity of the check itself: the same change on valid pixels does change the loss.
+  assert float(train.weighted_bce_sum(logits2, mask2, np.ones_like(valid), 3.0)[0]) != pytest.approx(
+      float(train.weighted_bce_sum(logits, mask, np.ones_like(valid), 3.0)[0]))
+
+
+def test_pos_weight_scales_landslide_pixels_only():
+  rng = np.random.default_rng(2)
+  logits = rng.normal(0, 2, (1, 6, 6, 1)).astype(np.float32)
+  mask = (rng.random((1, 6, 6, 1)) < 0.4).astype(np.uint8)
+  valid = np.ones_like(mask)
+  slide = float(train.weighted_bce_sum(logits, mask, valid * mask, 1.0)[0])
+  background = float(train.weighted_bce_sum(logits, mask, valid * (1 - mask), 1.0)[0])
+  for weight in (1.0, 4.0, 0.25):
+    loss = float(train.weighted_bce_sum(logits, mask, valid, weight)[0])
+    np.testing.assert_allclose(loss, weight * slide + background, rtol=1e-5)
+    np.testing.assert_allclose(loss, _numpy_bce(logits, mask, valid, weight)[0], rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. Early stopping.
+
+
+def test_early_stopping_stops_after_patience_plus_two_epochs(env, tmp_path, capsys):
+  # --learning_rate=0 is rejected by check_config, so a stalled validation loss is made with min_delta:
+  # no decrease of 1e9 ever counts as an improvement. flax's EarlyStopping counts epoch 1 as the
+  # improvement over +inf, then sets should_stop on the update after `patience` non-improving epochs
+  # (it tests patience_count >= patience before incrementing): patience + 2 epochs in all.
+  patience = 2
+  workdir = tmp_path / "stalled"
+  result = _train(env, workdir, max_epochs=10, patience=patience, min_delta=1e9)
+  out = capsys.readouterr().out
+  epochs = _snapshot(workdir)["epochs"]
+  assert [r["epoch"] for r in epochs] == list(range(1, patience + 3))
+  assert f"early stopping after epoch {patience + 2}" in out
+  assert _checkpoint_steps(workdir)[-1] == patience + 2
+  best = min(epochs, key=lambda r: r["val_loss"])["epoch"]
+  assert result["best_epoch"] == best  # the best checkpoint is by val_loss, not by the stopper
+
+  # The stopper's state is checkpointed: running the same command again trains no further epoch.
+  again = _train(env, workdir, max_epochs=10, patience=patience, min_delta=1e9)
+  assert f"resuming from epoch {patience + 2}" in capsys.readouterr().out
+  assert [r["epoch"] for r in _snapshot(workdir)["epochs"]] == list(range(1, patience + 3))
+  assert again == result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. Checkpoints: best and latest kept; resuming equals an uninterrupted run.
+
+
+def test_checkpoints_keep_best_and_latest(reference, short_run):
+  bests = []
+  for workdir, last in ((reference, MAX_EPOCHS), (short_run, 2)):
+    epochs = _snapshot(workdir)["epochs"]
+    assert [r["epoch"] for r in epochs] == list(range(1, last + 1))
+    best = min(epochs, key=lambda r: r["val_loss"])["epoch"]
+    bests.append(best)
+    assert _checkpoint_steps(workdir) == sorted({best, last})
+    assert all(_committed(workdir, step) for step in {best, last})
+    assert not [p for p in (workdir / train.CHECKPOINT_DIR).iterdir() if "tmp" in p.name]
+    assert json.loads((workdir / "metrics.json").read_text())["best_epoch"] == best
+  # Keeping only the latest would pass the above if the best were always the last epoch.
+  assert bests != [MAX_EPOCHS, 2], f"SEED={SEED} no longer gives a best epoch before the last"
+
+
+def test_resume_equals_uninterrupted_run(env, reference, short_run, tmp_path, capsys):
+  workdir = tmp_path / "resumed"
+  shutil.copytree(short_run, workdir)
+  # As if the 2-epoch run had gone on and been killed while saving epoch 3: its line is logged and an
+  # unfinished orbax directory is left. Both must be dropped, and epoch 3 run again from checkpoint 2.
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"epoch": 3, "train_loss": 9.0, "val_loss": 9.0, "seconds": 1.0}) + "\n")
+  checkpoints = workdir / train.CHECKPOINT_DIR
+  partial = checkpoints / "3.orbax-checkpoint-tmp"
+  shutil.copytree(checkpoints / "2", partial)
+  (partial / "commit_success.txt").unlink()
+  _train(env, workdir)
+  assert "resuming from epoch 2" in capsys.readouterr().out
+  assert _snapshot(workdir) == _snapshot(reference)
+  assert _checkpoint_steps(workdir) == _checkpoint_steps(reference)
+  assert not [p for p in checkpoints.iterdir() if "tmp" in p.name]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 5. A run killed with SIGKILL in epoch 3 and started again ends as an uninterrupted one.
+
+
+def test_killed_run_resumes_to_the_same_result(env, reference, tmp_path):
+  workdir = tmp_path / "killed"
+  args = _launch_args(env, workdir, f"--max_epochs={MAX_EPOCHS}")
+  log = tmp_path / "first.log"
+  with open(log, "w") as out:
+    proc = subprocess.Popen(args, cwd=ROOT, env=_subprocess_env(env), stdout=out,
+                            stderr=subprocess.STDOUT)
+  try:
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT
+    # tqdm writes "epoch 3:" when epoch 3's first batch is requested, after checkpoint 2 is committed.
+    while not (_committed(workdir, 2) and "epoch 3:" in log.read_text(errors="replace")):
+      assert proc.poll() is None, f"run ended before epoch 3:\n{log.read_text()[-3000:]}"
+      assert time.monotonic() < deadline, "no checkpoint 2 in time"
+      time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == -signal.SIGKILL
+  # Killed mid-epoch 3: nothing of epoch 3 was logged or saved.
+  assert [json.loads(ln)["epoch"] for ln in (workdir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+  assert 3 not in _checkpoint_steps(workdir)
+
+  rerun = subprocess.run(args, cwd=ROOT, env=_subprocess_env(env), capture_output=True, text=True,
+                         timeout=SUBPROCESS_TIMEOUT, check=False)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "resuming from epoch 2" in rerun.stdout
+  assert _snapshot(workdir) == _snapshot(reference)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 6. Seeds.
+
+
+def test_same_seed_gives_identical_metrics(env, short_run, tmp_path):
+  _train(env, tmp_path / "again", max_epochs=2)
+  assert _snapshot(tmp_path / "again") == _snapshot(short_run)
+
+
+def test_other_seed_gives_other_metrics(env, short_run, tmp_path):
+  _train(env, tmp_path / "other", max_epochs=1, seed=SEED + 1)
+  first = _snapshot(tmp_path / "other")["epochs"][0]
+  baseline = _snapshot(short_run)["epochs"][0]
+  assert first["epoch"] == baseline["epoch"] == 1
+  assert first["train_loss"] != baseline["train_loss"]
+  assert first["val_loss"] != baseline["val_loss"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 7. Bad command lines and missing datasets: exit 2, one line, nothing written.
+
+BAD_COMMANDS = {
+    "unknown_scenario": (["--scenario=mars"], {}, ["--scenario=mars", *input_pipeline.SCENARIOS]),
+    "unknown_patch": (["--patch=48"], {}, ["--patch=48", "32, 64, 128"]),
+    "unknown_model": (["--model=vgg"], {}, ["--model=vgg", "unet, resunet"]),
+    "l4s_without_manual_dir": (["--scenario=landslide4sense"], {}, ["needs --manual_dir"]),
+    "empty_manual_dir": (["--scenario=china", "--patch=32", "--manual_dir={empty}"], {},
+                         ["{empty}/china", "site folder does not exist"]),
+    "batch_not_divisible": (["--batch_size=3"], {"XLA_FLAGS": FOUR_DEVICES, "JAX_PLATFORMS": "cpu"},
+                            ["--batch_size=3", "4 devices"]),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory):
+  """Every bad command of BAD_COMMANDS, started at once (each is mostly interpreter start-up)."""
+  root = tmp_path_factory.mktemp("bad")
+  (root / "empty").mkdir()
+  procs = {}
+  for name, (flags, extra_env, _) in BAD_COMMANDS.items():
+    flags = [f.format(empty=root / "empty") for f in flags]
+    args = [sys.executable, "-m", "launch.train", *flags, f"--workdir={root / name / 'run'}",
+            f"--data_dir={root / name / 'tfds'}"]
+    procs[name] = subprocess.Popen(args, cwd=ROOT, env=_subprocess_env(**extra_env),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    results = {name: (proc, *proc.communicate(timeout=SUBPROCESS_TIMEOUT))
+               for name, proc in procs.items()}
+  finally:
+    for proc in procs.values():
+      if proc.poll() is None:
+        proc.kill()
+  return root, results
+
+
+@pytest.mark.parametrize("name", list(BAD_COMMANDS))
+def test_bad_command_is_one_line(bad_runs, name):
+  root, results = bad_runs
+  proc, _, stderr = results[name]
+  assert proc.returncode == 2, stderr
+  assert "Traceback" not in stderr, stderr
+  lines = [ln for ln in stderr.splitlines() if ln.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+  for phrase in BAD_COMMANDS[name][2]:
+    assert phrase.format(empty=root / "empty") in lines[0], (phrase, lines[0])
+  assert not (root / name).exists()  # neither a run folder nor a data dir was created
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 8. Two processes (jax.distributed on CPU, gloo collectives) with one device each.
+
+
+def _scored_pixels(scores: dict) -> int:
+  return sum(scores[k] for k in ("tp", "fp", "fn", "tn"))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_and_only_process_zero_writes(env, reference, tmp_path):
+  # Each process batches its own contiguous shard of the examples (input_pipeline.process_shard) and
+  # shuffles within it, so the batches, hence the trained weights, differ from a one-process run and
+  # only what does not depend on the weights can be compared exactly: the pixel counts scored.
+  workdir = tmp_path / "two_processes"
+  coordinator = f"127.0.0.1:{_free_port()}"
+  procs, logs = [], [tmp_path / f"process{i}.log" for i in range(2)]
+  for process_id, log in enumerate(logs):
+    extra = dict(JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2",
+                 JAX_PROCESS_ID=str(process_id))
+    sub_env = _subprocess_env(env, **extra)
+    sub_env.pop("XLA_FLAGS", None)  # one CPU device per process
+    with open(log, "w") as out:
+      procs.append(subprocess.Popen(_launch_args(env, workdir, "--max_epochs=1", "--batch_size=4"),
+                                    cwd=ROOT, env=sub_env, stdout=out, stderr=subprocess.STDOUT))
+  try:
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT
+    # A process that fails leaves the other waiting at the next collective: stop at the first failure.
+    while any(p.poll() is None for p in procs) and not any(p.poll() for p in procs):
+      assert time.monotonic() < deadline, "two-process run did not finish in time"
+      time.sleep(0.1)
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  outputs = [log.read_text(errors="replace") for log in logs]
+  for proc, output in zip(procs, outputs):
+    assert proc.returncode == 0, output[-3000:]
+
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["devices"]["process_count"] == 2 and config["devices"]["global_count"] == 2
+  # One line per epoch (process 1 logging too would double it); process 1 prints no scores.
+  epochs = _snapshot(workdir)["epochs"]
+  assert [r["epoch"] for r in epochs] == [1]
+  assert "epoch   1" in outputs[0] and "test scores" in outputs[0]
+  assert "epoch   1" not in outputs[1] and "test scores" not in outputs[1]
+  assert len(list((workdir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+  assert math.isfinite(epochs[0]["train_loss"]) and math.isfinite(epochs[0]["val_loss"])
+
+  # Every valid test pixel is scored exactly once over both processes: as many as in one process.
+  ours = json.loads((workdir / "metrics.json").read_text())["test"]
+  theirs = json.loads((reference / "metrics.json").read_text())["test"]
+  assert set(ours) == set(theirs)
+  for test_set, scores in ours.items():
+    assert _scored_pixels(scores) == _scored_pixels(theirs[test_set]) > 0, test_set
+    assert 0.0 <= scores["f1"] <= 1.0 and math.isfinite(scores["loss"])
