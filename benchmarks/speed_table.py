@@ -25,7 +25,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import jax_utils
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,7 +54,7 @@ def jax_train(name: str, patch: int, batch: int, steps: int) -> tuple[float, flo
   params = sum(x.size for x in jax.tree.leaves(state.params))
   step = jax.pmap(functools.partial(train.train_step, pos_weight=1.0), axis_name=train.AXIS)
   data = jax.device_put(_jax_batch(batch, patch, jax.local_device_count()))
-  replicated = jax_utils.replicate(state)
+  replicated = train.replicate(state)
   flops = float("nan")
   try:
     single = jax.jit(jax.vmap(functools.partial(train.train_step, pos_weight=1.0), axis_name=train.AXIS))
@@ -65,8 +64,7 @@ def jax_train(name: str, patch: int, batch: int, steps: int) -> tuple[float, flo
     flops = float(cost.get("flops", float("nan")))
   except Exception:  # pylint: disable=broad-except  (cost analysis is best effort per backend)
     pass
-  for _ in range(2):  # compile, then the recompile for pmap's own output sharding
-    replicated, out = step(replicated, data)
+  replicated, out = step(replicated, data)  # compile
   jax.block_until_ready(out)
   start = time.perf_counter()
   for _ in range(steps):

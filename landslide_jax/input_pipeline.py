@@ -139,28 +139,42 @@ def num_batches(n: int, global_batch: int, process_count: int = 1) -> int:
   return max(1, -(-largest_shard // local))
 
 
-def batches(data: SplitData, global_batch: int, num_devices: int, *, shuffle: bool, seed: int = 0,
-            epoch: int = 0, process_index: int = 0, process_count: int = 1
-            ) -> Iterator[dict[str, np.ndarray]]:
-  """Yields this process's batches, shaped (num_devices, per_device, ...) for pmap.
+def batch_plan(n: int, global_batch: int, num_devices: int, *, shuffle: bool, seed: int = 0,
+               epoch: int = 0, process_index: int = 0, process_count: int = 1
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """This process's example indices for one epoch, shaped (steps, num_devices, per_device), and a
+  same-shaped bool `keep` that is False on padding.
 
-  The last batch is padded with copies of example 0 whose `valid` is 0, so every example is used once per
-  epoch, shapes stay static (one compilation) and padding adds nothing to losses or counts.
+  The last batch is padded with example 0 (keep = False), so every example is used once per epoch and
+  shapes stay static (one compilation). The order depends only on (seed, epoch): a resumed run sees the
+  batches an uninterrupted one would, and the per-step and scanned training loops see the same ones.
   """
   local_batch = global_batch // process_count
-  indices = process_shard(len(data), process_index, process_count)
+  indices = process_shard(n, process_index, process_count)
   if shuffle:
     rng = np.random.default_rng([seed, epoch])
     indices = indices[rng.permutation(len(indices))]
-  steps = num_batches(len(data), global_batch, process_count)
-  per_device = local_batch // num_devices
-  for step in range(steps):
-    chunk = indices[step * local_batch:(step + 1) * local_batch]
-    pad = local_batch - len(chunk)
-    take = np.concatenate([chunk, np.zeros(pad, int)]) if pad else chunk
-    batch = {
-        "image": data.image[take], "mask": data.mask[take], "valid": data.valid[take].copy(),
-    }
-    if pad:
-      batch["valid"][len(chunk):] = 0
-    yield {k: v.reshape(num_devices, per_device, *v.shape[1:]) for k, v in batch.items()}
+  steps = num_batches(n, global_batch, process_count)
+  padded = np.zeros(steps * local_batch, np.int32)
+  keep = np.zeros(steps * local_batch, bool)
+  padded[:len(indices)] = indices
+  keep[:len(indices)] = True
+  shape = (steps, num_devices, local_batch // num_devices)
+  return padded.reshape(shape), keep.reshape(shape)
+
+
+def gather(data: SplitData, indices: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
+  """The examples at `indices` (any leading shape); `valid` is zeroed where `keep` is False."""
+  valid = data.valid[indices]
+  valid[~keep] = 0
+  return {"image": data.image[indices], "mask": data.mask[indices], "valid": valid}
+
+
+def batches(data: SplitData, global_batch: int, num_devices: int, *, shuffle: bool, seed: int = 0,
+            epoch: int = 0, process_index: int = 0, process_count: int = 1
+            ) -> Iterator[dict[str, np.ndarray]]:
+  """Yields this process's batches, shaped (num_devices, per_device, ...) for pmap (see `batch_plan`)."""
+  indices, keep = batch_plan(len(data), global_batch, num_devices, shuffle=shuffle, seed=seed,
+                             epoch=epoch, process_index=process_index, process_count=process_count)
+  for step_indices, step_keep in zip(indices, keep):
+    yield gather(data, step_indices, step_keep)

@@ -59,6 +59,12 @@ class TrainConfig:
   class_balanced: bool = False
   threshold: float = 0.5
   demo_scale: float = 1.0
+  # Training steps per device dispatch (a lax.scan over batches of device-resident data); 0 = auto:
+  # 1 on CPU, where dispatch is cheap next to a step, 32 on GPU/TPU, where batch-4 steps are tiny.
+  steps_per_dispatch: int = 0
+  # Compute dtype of the model: float32 (default, reproducible) or bfloat16 (mixed precision: params,
+  # optimiser state, loss and BatchNorm statistics stay float32).
+  compute_dtype: str = "float32"
 
   def resolved_workdir(self) -> Path:
     return Path(self.workdir or f"runs/{self.scenario}-{self.model}-p{self.patch}")
@@ -125,6 +131,47 @@ def train_step(state: TrainState, batch: dict, pos_weight: float) -> tuple[Train
   return new_state, {"loss": lax.pmean(loss, AXIS)}
 
 
+def train_steps(state: TrainState, data: dict, indices: jax.Array, keep: jax.Array,
+                pos_weight: float) -> tuple[TrainState, jax.Array]:
+  """Several `train_step`s in one dispatch: a `lax.scan` over batches gathered on device.
+
+  Args:
+    state: the (per-device) train state.
+    data: this device's copy of the training split: image, mask, valid (N, P, P, .).
+    indices: (steps, per_device) example indices, from `input_pipeline.batch_plan`.
+    keep: (steps, per_device) False for padding examples (their pixels count as invalid).
+    pos_weight: loss weight of landslide pixels.
+
+  Returns:
+    The state after the steps and each step's loss. Same batches, same arithmetic as calling
+    `train_step` once per batch.
+  """
+  def body(state, step):
+    idx, kp = step
+    batch = {"image": data["image"][idx], "mask": data["mask"][idx],
+             "valid": data["valid"][idx] * kp[:, None, None, None].astype(data["valid"].dtype)}
+    state, out = train_step(state, batch, pos_weight)
+    return state, out["loss"]
+  return lax.scan(body, state, (indices, keep))
+
+
+def replicate(tree):
+  """Copies a pytree onto every local device, already laid out as pmap over AXIS returns arrays.
+
+  `flax.jax_utils.replicate` alone gives a different sharding from what the pmapped step returns, so the
+  step would compile a second time on its own output; passing through an identity pmap over the same
+  axis name avoids that (one compilation instead of two).
+  """
+  return jax.pmap(lambda x: x, axis_name=AXIS)(jax_utils.replicate(tree))
+
+
+def resolved_steps_per_dispatch(config: TrainConfig) -> int:
+  """`steps_per_dispatch`, with 0 (auto) resolved for the current backend."""
+  if config.steps_per_dispatch > 0:
+    return config.steps_per_dispatch
+  return 1 if jax.default_backend() == "cpu" else 32
+
+
 def eval_step(state: TrainState, batch: dict, pos_weight: float, threshold: float) -> dict:
   """Loss sum, valid count and confusion counts of a batch, summed over devices (on device)."""
   logits, _ = apply_model(state, state.params, batch["image"], train=False)
@@ -173,6 +220,14 @@ def _run_config(config: TrainConfig, sources: dict[str, str]) -> dict:
   }
 
 
+def build_model(config: TrainConfig):
+  """The run's model; ResU-Net's BatchNorm averages statistics over the pmap axis."""
+  kwargs = {"dtype": jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32}
+  if config.model == "resunet":
+    kwargs["axis_name"] = AXIS
+  return create_model(config.model, **kwargs)
+
+
 def check_config(config: TrainConfig) -> None:
   """Rejects unusable options with a one-line InputError listing the valid values."""
   def bad(flag, value, valid):
@@ -188,6 +243,11 @@ def check_config(config: TrainConfig) -> None:
   if config.batch_size <= 0 or config.batch_size % devices:
     raise InputError(None, f"--batch_size={config.batch_size} does not divide by the {devices} devices",
                      f"pass a positive multiple of {devices}")
+  if config.compute_dtype not in ("float32", "bfloat16"):
+    bad("compute_dtype", config.compute_dtype, ("float32", "bfloat16"))
+  if config.steps_per_dispatch < 0:
+    raise InputError(None, f"--steps_per_dispatch={config.steps_per_dispatch} is negative",
+                     "pass 0 (auto) or a positive number of steps")
   if config.max_epochs <= 0 or config.patience < 0 or config.learning_rate <= 0:
     raise InputError(None, "--max_epochs and --learning_rate must be positive, --patience >= 0",
                      "check the flag values")
@@ -300,7 +360,7 @@ def train_and_evaluate(config: TrainConfig) -> dict:
   pos_weight = (input_pipeline.positive_weight(data["train"]) if config.class_balanced
                 else config.pos_weight)
 
-  model = create_model(config.model, **({"axis_name": AXIS} if config.model == "resunet" else {}))
+  model = build_model(config)
   state = create_train_state(jax.random.key(config.seed), model,
                              (1, config.patch, config.patch, len(config.channels)), config)
   stopper = early_stopping.EarlyStopping(min_delta=config.min_delta, patience=config.patience)
@@ -320,23 +380,43 @@ def train_and_evaluate(config: TrainConfig) -> dict:
                           donate_argnums=(0,))
   p_eval_step = jax.pmap(functools.partial(eval_step, pos_weight=pos_weight,
                                            threshold=config.threshold), axis_name=AXIS)
+  per_dispatch = resolved_steps_per_dispatch(config)
+  if per_dispatch > 1:
+    # The training split stays on the device; each dispatch only sends indices.
+    p_train_steps = jax.pmap(functools.partial(train_steps, pos_weight=pos_weight), axis_name=AXIS,
+                             donate_argnums=(0,))
+    train_split = data["train"]
+    resident = replicate({"image": train_split.image, "mask": train_split.mask,
+                                    "valid": train_split.valid})
   logger = _Logger(workdir, start_epoch)
-  replicated = jax_utils.replicate(state)
-  steps = input_pipeline.num_batches(len(data["train"]), config.batch_size, jax.process_count())
+  replicated = replicate(state)
   epoch = start_epoch
   while epoch < config.max_epochs and not stopper.should_stop:
     epoch += 1
     start = time.time()
+    indices, keep = input_pipeline.batch_plan(
+        len(data["train"]), config.batch_size, jax.local_device_count(), shuffle=True,
+        seed=config.seed, epoch=epoch, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    steps = indices.shape[0]
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=jax.process_index() != 0)
     losses = []
-    bar = tqdm(input_pipeline.batches(data["train"], config.batch_size, jax.local_device_count(),
-                                      shuffle=True, seed=config.seed, epoch=epoch,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count()),
-               total=steps, desc=f"epoch {epoch}", leave=False, disable=jax.process_index() != 0)
-    for batch in bar:
-      replicated, out = p_train_step(replicated, batch)
-      losses.append(out["loss"])
-    train_loss = float(np.mean([np.asarray(l[0]) for l in losses]))
+    if per_dispatch == 1:
+      for step_indices, step_keep in zip(indices, keep):
+        replicated, out = p_train_step(replicated,
+                                       input_pipeline.gather(data["train"], step_indices, step_keep))
+        losses.append(out["loss"][0])
+        bar.update(1)
+    else:
+      # (steps, devices, per_device) -> (devices, steps, per_device): pmap maps the leading axis.
+      indices, keep = indices.transpose(1, 0, 2), keep.transpose(1, 0, 2)
+      for first in range(0, steps, per_dispatch):
+        chunk = slice(first, first + per_dispatch)
+        replicated, chunk_losses = p_train_steps(replicated, resident, indices[:, chunk], keep[:, chunk])
+        losses.extend(np.asarray(chunk_losses[0]))
+        bar.update(indices[:, chunk].shape[1])
+    bar.close()
+    train_loss = float(np.mean([np.asarray(l) for l in losses]))
     val = evaluate(p_eval_step, replicated, data["validation"], config)
     stopper = stopper.update(val["loss"])
     record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],

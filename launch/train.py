@@ -25,6 +25,10 @@ _POS_WEIGHT = flags.DEFINE_float("pos_weight", 1.0, "Loss weight of landslide pi
 _CLASS_BALANCED = flags.DEFINE_bool("class_balanced", False, "Weight landslide pixels by #background/#landslide.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Probability threshold for the landslide class.")
 _DEMO_SCALE = flags.DEFINE_float("demo_scale", 1.0, "Area of the demo scenes relative to the paper's sites.")
+_STEPS_PER_DISPATCH = flags.DEFINE_integer(
+    "steps_per_dispatch", 0, "Train steps per device call (lax.scan over device-resident data); "
+    "0 = auto (1 on CPU, 32 on GPU/TPU).")
+_COMPUTE_DTYPE = flags.DEFINE_string("compute_dtype", "float32", "float32 | bfloat16 (mixed precision).")
 
 
 def main(argv):
@@ -35,7 +39,8 @@ def main(argv):
       batch_size=_BATCH.value, learning_rate=_LR.value, max_epochs=_MAX_EPOCHS.value,
       patience=_PATIENCE.value, min_delta=_MIN_DELTA.value, seed=_SEED.value,
       pos_weight=_POS_WEIGHT.value, class_balanced=_CLASS_BALANCED.value, threshold=_THRESHOLD.value,
-      demo_scale=_DEMO_SCALE.value))
+      demo_scale=_DEMO_SCALE.value, steps_per_dispatch=_STEPS_PER_DISPATCH.value,
+      compute_dtype=_COMPUTE_DTYPE.value))
 
 
 if __name__ == "__main__":
