@@ -26,7 +26,6 @@ from jax import lax
 from landslide_jax import constants, input_pipeline, metrics, prepare, train
 from landslide_jax.data import normalization, patching, raster_io
 from landslide_jax.errors import InputError
-from landslide_jax.models import create_model
 
 SWEEP_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.1), 2))
 # Quicklook colours (RGB 0-1): the paper's Figs. 6-9 show hits, false alarms and misses over the image.
@@ -77,7 +76,8 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
     raise InputError(config_path, "has no normalisation statistics (written by an older version)",
                      "re-run python -m launch.train in that workdir")
   stats = normalization.ChannelStats.from_json(saved["normalization"])
-  model = create_model(config.model)
+  # The run's own model (compute dtype included), so scores and maps are those training computed.
+  model = train.build_model(config)
   template = train.create_train_state(jax.random.key(0), model,
                                       (1, config.patch, config.patch, len(config.channels)), config)
   manager = train.checkpoint_manager(workdir)

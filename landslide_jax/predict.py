@@ -63,6 +63,9 @@ def scene_inputs(scene: str | os.PathLike, dem: str | os.PathLike | None) -> sit
   if not scene.exists():
     raise InputError(scene, "scene file does not exist", "pass an S2 GeoTIFF or a site manifest.json")
   if scene.suffix.lower() in (".json", ".toml"):
+    if scene.name not in site_inputs.MANIFEST_NAMES:
+      raise InputError(scene, "a scene manifest must be named manifest.json or manifest.toml",
+                       "rename it, or pass the Sentinel-2 GeoTIFF with --dem")
     inputs = site_inputs.find_site_inputs(scene.parent, require_inventory=False)
     return dataclasses.replace(inputs, dem=Path(dem)) if dem else inputs
   if dem is None:
@@ -166,7 +169,10 @@ def predict_probabilities(run, inputs: site_inputs.SiteInputs, out_dir: str | os
       for start in range(0, len(origins), batch_size):
         chunk = origins[start:start + batch_size]
         batch = np.stack([image[r:r + patch, c:c + patch] for r, c in chunk])
-        probs = run.predict(batch)
+        if len(chunk) < batch_size:  # pad: one compiled shape for every call
+          batch = np.concatenate([batch, np.zeros((batch_size - len(chunk), *batch.shape[1:]),
+                                                  batch.dtype)])
+        probs = run.predict(batch)[:len(chunk)]
         for (r, c), p in zip(chunk, probs):
           total[r:r + patch, c:c + patch] += p * weights
           weight[r:r + patch, c:c + patch] += weights

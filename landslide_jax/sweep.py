@@ -27,7 +27,7 @@ TEST_SETS = constants.SITE_NAMES + ("all",)
 # Options that make two runs different experiments; a finished run made with others is not reused.
 _RUN_OPTIONS = ("scenario", "patch", "model", "channels", "batch_size", "learning_rate", "max_epochs",
                 "patience", "min_delta", "seed", "pos_weight", "class_balanced", "threshold",
-                "demo_scale", "manual_dir")
+                "demo_scale", "manual_dir", "compute_dtype")
 
 
 def run_dir(workdir_root: str | os.PathLike, scenario: str, model: str, patch: int) -> Path:

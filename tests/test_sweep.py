@@ -1,0 +1,236 @@
+"""Tests of the experiment grid (landslide_jax/sweep.py, launch/sweep.py).
+
+A reduced grid (scenarios China and Japan, 32 px, U-Net, 1 epoch each) on the learnable sites of
+tests/run_fixtures.py is run once per module; the other tests skip, resume or refuse its runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from landslide_jax import constants, sweep, train
+from landslide_jax.errors import InputError
+from tests import run_fixtures
+from tests.conftest import ROOT
+
+SCENARIOS = ("china", "japan")
+PATCHES = (run_fixtures.PATCH,)
+MODELS = ("unet",)
+TABLES = {"china": "table6_scenario3", "japan": "table7_scenario4"}
+FIGURES = ("fig10_mean_f1_by_scenario.png", "fig11_mean_f1_by_patch.png", "transferability.png")
+TEXT_FILES = tuple(f"{stem}.{ext}" for stem in TABLES.values() for ext in ("md", "csv")) + ("summary.md",)
+SUBPROCESS_TIMEOUT = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class Env:
+  root: Path
+  raw: Path
+  data_dir: Path
+  runs: Path
+  base: train.TrainConfig
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  cache = tmp_path_factory.getbasetemp() / "jax_cache"
+  with run_fixtures.compilation_cache(cache):
+    root = tmp_path_factory.mktemp("sweep")
+    raw = run_fixtures.write_learnable_sites(root / "raw")
+    data_dir = run_fixtures.prepare_sites(raw, root / "tfds")
+    options = {k: v for k, v in run_fixtures.RUN_OPTIONS.items() if k not in ("patch", "model")}
+    base = train.TrainConfig(data_dir=str(data_dir), manual_dir=str(raw), max_epochs=1,
+                             channels=run_fixtures.CHANNEL_TUPLE, **options)
+    yield Env(root, raw, data_dir, root / "runs", base)
+
+
+def _sweep(env: Env, out: Path, base: train.TrainConfig | None = None) -> list[Path]:
+  return sweep.sweep(SCENARIOS, PATCHES, MODELS, out, env.runs, base or env.base)
+
+
+def _text_files(out: Path) -> dict[str, str]:
+  return {name: (out / name).read_text() for name in TEXT_FILES}
+
+
+@pytest.fixture(scope="module")
+def swept(env):
+  """The grid run once: (its output folder, its text files, each run's metrics.json by scenario)."""
+  out = env.root / "results"
+  written = _sweep(env, out)
+  assert sorted(written) == sorted([out / n for n in TEXT_FILES + FIGURES])
+  metrics = {s: run_fixtures.read_json(_run_dir(env, s) / "metrics.json") for s in SCENARIOS}
+  return out, _text_files(out), metrics
+
+
+def _run_dir(env: Env, scenario: str) -> Path:
+  return sweep.run_dir(env.runs, scenario, "unet", run_fixtures.PATCH)
+
+
+def _epochs(workdir: Path) -> list[int]:
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(ln)["epoch"] for ln in lines if ln.strip()]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tables, figures, summary
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_scenario_tables_hold_the_runs_scores(swept, scenario):
+  out, texts, metrics = swept
+  stem = TABLES[scenario]
+  header = ["model", "patch"] + [f"{t} {m}" for t in ("taiwan", "china", "japan", "all")
+                                 for m in ("P", "R", "F1")]
+  expected_row = ["U-Net", "32"]
+  for test_set in ("taiwan", "china", "japan", "all"):
+    scores = metrics[scenario]["test"][test_set]
+    expected_row += [f"{scores[k]:.3f}" for k in ("precision", "recall", "f1")]
+  assert list(csv.reader(io.StringIO(texts[f"{stem}.csv"]))) == [header, expected_row]
+
+  lines = texts[f"{stem}.md"].splitlines()
+  number = 6 if scenario == "china" else 7
+  assert lines[0] == f"# Table {number}: scenario {number - 3}, trained on {scenario}"
+  rows = [[cell.strip() for cell in ln.strip("|").split("|")] for ln in lines if ln.startswith("| ")]
+  assert rows == [header, expected_row]
+  # Only the scenarios of the grid get a table.
+  assert sorted(p.name for p in out.glob("table*")) == sorted(
+      f"{s}.{e}" for s in TABLES.values() for e in ("md", "csv"))
+
+
+def test_figures_are_pngs(swept):
+  out, _, _ = swept
+  for name in FIGURES:
+    assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    image = matplotlib.image.imread(out / name)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, name
+
+
+def test_summary_holds_the_transferability_matrix(swept):
+  _, texts, metrics = swept
+  summary = texts["summary.md"].splitlines()
+  assert "| trained on \\ tested on | taiwan | china | japan | all |" in summary
+  for scenario in SCENARIOS:
+    # One run per scenario, so each cell is that run's F1 on the test set.
+    f1 = [metrics[scenario]["test"][t]["f1"] for t in ("taiwan", "china", "japan", "all")]
+    assert f"| {scenario} | " + " | ".join(f"{v:.3f}" for v in f1) + " |" in summary
+    mean = np.mean(f1[:3])  # the winners table averages the three sites
+    assert f"| {scenario} | U-Net ({mean:.3f}) | 32 px ({mean:.3f}) |" in summary
+  # The scores are not all equal, so a wrong cell would show.
+  values = {metrics[s]["test"][t]["f1"] for s in SCENARIOS for t in ("taiwan", "china", "japan")}
+  assert len(values) > 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Skipping and resuming
+
+
+def test_second_call_skips_finished_runs(env, swept, monkeypatch, capsys):
+  def no_training(config):
+    raise AssertionError(f"trained {config.workdir} again")
+
+  monkeypatch.setattr(train, "train_and_evaluate", no_training)
+  out = env.root / "results_again"
+  _sweep(env, out)
+  assert _text_files(out) == swept[1]
+  assert capsys.readouterr().out.count("finished, skipped") == len(SCENARIOS)
+
+
+def test_unfinished_run_resumes_from_its_checkpoint(env, swept, capsys):
+  out, texts, metrics = swept
+  workdir = _run_dir(env, "china")
+  epochs = _epochs(workdir)
+  assert epochs == [1]
+  (workdir / "metrics.json").unlink()  # as if killed after its last checkpoint, before scoring
+  (out / "table6_scenario3.csv").unlink()
+  _sweep(env, out)
+  printed = capsys.readouterr().out
+  assert "china-unet-p32: training" in printed and "japan-unet-p32: finished, skipped" in printed
+  assert f"resuming from epoch 1 in {workdir}" in printed
+  assert "epoch   1" not in printed  # no epoch trained again
+  assert _epochs(workdir) == epochs
+  assert run_fixtures.read_json(workdir / "metrics.json") == metrics["china"]
+  assert _text_files(out) == texts  # the tables were written again, with the same scores
+
+
+@pytest.mark.parametrize("option, value, saved", [("max_epochs", 2, "max_epochs=1"),
+                                                   ("compute_dtype", "bfloat16", "compute_dtype=float32")])
+def test_run_made_with_other_options_is_refused(env, swept, monkeypatch, option, value, saved):
+  monkeypatch.setattr(train, "train_and_evaluate", lambda config: pytest.fail("must not train"))
+  with pytest.raises(InputError) as err:
+    _sweep(env, env.root / "other", dataclasses.replace(env.base, **{option: value}))
+  assert err.value.path == str(_run_dir(env, "china"))
+  assert f"was made with other options ({saved})" in str(err.value)
+  assert "use another --workdir" in str(err.value)
+  assert not (env.root / "other").exists()
+
+
+def test_cli_refuses_runs_made_with_other_options(env, swept, tmp_path):
+  # launch.sweep's defaults (batch 4, lr 1e-3, no class balancing) differ from these runs' options.
+  proc = subprocess.run(
+      [sys.executable, "-m", "launch.sweep", "--scenarios=china,japan", "--patches=32", "--models=unet",
+       "--max_epochs=1", "--seed=1", f"--workdir={env.runs}", f"--out={tmp_path / 'out'}",
+       f"--data_dir={env.data_dir}", f"--manual_dir={env.raw}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr
+  assert lines[0].startswith(f"error: {_run_dir(env, 'china')}: was made with other options (batch_size=2, ")
+  assert "use another --workdir" in lines[0]
+
+
+def test_bad_grid_values_are_refused(env):
+  for scenarios, patches, models, flag in ((("peru",), PATCHES, MODELS, "--scenarios"),
+                                           (SCENARIOS, (48,), MODELS, "--patches"),
+                                           (SCENARIOS, PATCHES, ("vit",), "--models")):
+    with pytest.raises(InputError, match=flag):
+      sweep.sweep(scenarios, patches, models, env.root / "bad", env.runs, env.base)
+  with pytest.raises(InputError, match="must be integers"):
+    sweep.sweep_from_flags(["china"], ["big"], ["unet"], str(env.root / "bad"), str(env.runs), env.base)
+  assert not (env.root / "bad").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Aggregates (no training)
+
+
+def _result(f1_by_test: dict[str, float]) -> dict:
+  return {"test": {t: {"f1": v} for t, v in f1_by_test.items()}}
+
+
+RESULTS = {
+    ("china", "unet", 32): _result({"taiwan": 0.1, "china": 0.8, "japan": 0.3, "all": 0.4}),
+    ("china", "resunet", 32): _result({"taiwan": 0.3, "china": 0.6, "japan": 0.0, "all": 0.3}),
+    ("china", "unet", 64): _result({"taiwan": 0.2, "china": 0.9, "japan": 0.4, "all": 0.5}),
+    ("japan", "unet", 32): _result({"taiwan": 0.0, "china": 0.2, "japan": 0.7, "all": 0.3}),
+}
+
+
+def test_mean_f1_known_answers():
+  assert sweep.mean_f1(RESULTS) == pytest.approx(np.mean([0.1, 0.8, 0.3, 0.3, 0.6, 0.0, 0.2, 0.9, 0.4,
+                                                          0.0, 0.2, 0.7]))
+  assert sweep.mean_f1(RESULTS, scenario="china") == pytest.approx((1.2 + 0.9 + 1.5) / 9)
+  assert sweep.mean_f1(RESULTS, scenario="china", model="unet") == pytest.approx((1.2 + 1.5) / 6)
+  assert sweep.mean_f1(RESULTS, scenario="china", patch=64) == pytest.approx(1.5 / 3)
+  assert sweep.mean_f1(RESULTS, model="resunet", tests=("all",)) == pytest.approx(0.3)
+  assert sweep.mean_f1(RESULTS, scenario="japan", tests=("japan",)) == pytest.approx(0.7)
+  assert math.isnan(sweep.mean_f1(RESULTS, scenario="taiwan"))
+
+
+def test_transferability_known_answer():
+  matrix = sweep.transferability(RESULTS, ("china", "japan", "taiwan"))
+  assert matrix.shape == (3, len(sweep.TEST_SETS))
+  assert list(sweep.TEST_SETS) == ["taiwan", "china", "japan", "all"]
+  np.testing.assert_allclose(matrix[0], [0.2, 2.3 / 3, 0.7 / 3, 0.4])
+  np.testing.assert_allclose(matrix[1], [0.0, 0.2, 0.7, 0.3])
+  assert np.isnan(matrix[2]).all()  # no run trained on Taiwan
