@@ -235,7 +235,7 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
   test_sets = tuple(test_sets or valid_sets)
   unknown = [t for t in test_sets if t not in valid_sets]
   if unknown:
-    raise InputError(None, f"--test_sets {', '.join(unknown)} not valid for scenario {config.scenario}",
+    raise InputError(None, f"--test_sites {', '.join(unknown)} not valid for scenario {config.scenario}",
                      f"use some of: {', '.join(valid_sets)}")
   _check_normalization(run, data_dir)
   out_dir = run.workdir / "eval"
@@ -246,10 +246,7 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
     if name == "all":
       continue
     metadata = check_dataset(run, name, data_dir)
-    raw = input_pipeline.load_test_data(name, config.patch, config.channels, data_dir,
-                                        normalization.ChannelStats(config.channels,
-                                                                   (0.0,) * len(config.channels),
-                                                                   (1.0,) * len(config.channels), 1))
+    raw = input_pipeline.load_test_data(name, config.patch, config.channels, data_dir, stats=None)
     data = raw.normalized(run.stats)
     probs, counts = predict_split(run, data, threshold)
     per_site[name] = (counts, probs, data)

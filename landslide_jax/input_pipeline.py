@@ -111,11 +111,11 @@ def load_training_data(scenario: str, patch: int, channels: tuple[str, ...],
 
 
 def load_test_data(test_set: str, patch: int, channels: tuple[str, ...], data_dir: str | os.PathLike,
-                   stats: normalization.ChannelStats) -> SplitData:
-  """The normalised test split of a site, or of every site for 'all'."""
+                   stats: normalization.ChannelStats | None) -> SplitData:
+  """The test split of a site, or of every site for 'all'; normalised with `stats` unless None."""
   sites = constants.SITE_NAMES if test_set == "all" else (test_set,)
-  return SplitData.concatenate([read_split(site, patch, "test", channels, data_dir)
-                                for site in sites]).normalized(stats)
+  data = SplitData.concatenate([read_split(site, patch, "test", channels, data_dir) for site in sites])
+  return data if stats is None else data.normalized(stats)
 
 
 def positive_weight(data: SplitData) -> float:

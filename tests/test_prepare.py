@@ -1,30 +1,52 @@
-"""End-to-end dataset preparation on small self-made sites: counts, split, stats, read-back."""
+"""End-to-end dataset preparation: a self-made site read back through TFDS, and the demo default."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
-import pytest
 
 from landslide_jax import constants, prepare
-from landslide_jax.data import normalization
-from tests.conftest import SITE_CRS
+from tests.conftest import ROOT, SITE_CRS
 
 
 def test_prepare_site_round_trip(make_site, tmp_path):
   site = make_site("china", shape=(200, 600))
   result = prepare.prepare_site("china", 32, tmp_path / "tfds", site.parent)
   meta = result.metadata
+  assert result.rebuilt
   assert meta["source"] == constants.SOURCE_REAL
   assert meta["grid"]["crs"] == SITE_CRS
   assert meta["channels"] == list(constants.DEFAULT_CHANNELS)
-  import tensorflow_datasets as tfds
-  import tfds_builders
-  from tfds_builders import site_builder
+  # 200 x 600 all valid, cut across columns: train 306 cols, validation 54, test 240 (see
+  # test_patching.py for the arithmetic) -> 6 x 9, 6 x 1 and 6 x 7 windows of 32 px.
+  assert [meta["areas"][s]["patches"] for s in ("train", "validation", "test")] == [54, 6, 42]
+  import tfds_builders  # pylint: disable=import-outside-toplevel
+  from tfds_builders import site_builder  # pylint: disable=import-outside-toplevel
   builder = tfds_builders.get_builder("china", site_builder.make_config(32), tmp_path / "tfds")
   source = builder.as_data_source()
-  assert set(source) == {"train", "validation", "test"}
+  assert {k: len(v) for k, v in source.items()} == {"train": 54, "validation": 6, "test": 42}
   example = source["train"][0]
   assert example["image"].shape == (32, 32, 5) and example["image"].dtype == np.float32
-  print(prepare.format_summary([result]))
+  assert example["mask"].shape == example["valid"].shape == (32, 32, 1)
+  # Same inputs again: reused, not rebuilt.
+  again = prepare.prepare_site("china", 32, tmp_path / "tfds", site.parent)
+  assert not again.rebuilt and again.metadata["input_hash"] == meta["input_hash"]
+
+
+def test_prepare_without_manual_dir_uses_the_labelled_demo_scenes(tmp_path):
+  cmd = [sys.executable, "-m", "launch.prepare", "--site=china", "--patch=64", "--demo_scale=0.3",
+         f"--data_dir={tmp_path}"]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert "SYNTHETIC demo scenes" in out.stderr
+  meta = json.loads((tmp_path / "china" / "p64" / "1.0.0" / "metadata.json").read_text())
+  assert meta["source"] == constants.SOURCE_DEMO
+  # The printed table carries the stored counts.
+  row = [ln.split() for ln in out.stdout.splitlines() if ln.startswith("china")][-1]
+  assert row[:5] == ["china", "64"] + [str(meta["areas"][s]["patches"]) for s in
+                                       ("train", "validation", "test")]
+  assert row[-1] == constants.SOURCE_DEMO
+  assert (tmp_path / prepare.DEMO_DIRNAME).is_dir()

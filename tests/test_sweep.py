@@ -19,7 +19,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from landslide_jax import constants, sweep, train
+from landslide_jax import sweep, train
 from landslide_jax.errors import InputError
 from tests import run_fixtures
 from tests.conftest import ROOT

@@ -1,2 +1,3 @@
 """TFDS builder `taiwan`: see `taiwan.py`."""
 from tfds_builders.taiwan.taiwan import Taiwan
+__all__ = ["Taiwan"]
