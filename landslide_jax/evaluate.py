@@ -277,11 +277,9 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
 
 def format_table(result: dict) -> str:
   """Scores per test set (and the threshold sweep, if any) as text."""
-  lines = [f"{result['scenario']}-{result['model']}-p{result['patch']} checkpoint step "
-           f"{result['checkpoint_step']}, threshold {result['threshold']}:",
-           f"{'test set':<16} {'precision':>9} {'recall':>7} {'F1':>6} {'IoU':>6}"]
-  for name, s in result["test"].items():
-    lines.append(f"{name:<16} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['iou']:>6.3f}")
+  lines = [metrics.format_scores(f"{result['scenario']}-{result['model']}-p{result['patch']} checkpoint "
+                                 f"step {result['checkpoint_step']}, threshold {result['threshold']}:",
+                                 result["test"])]
   for name, rows in result.get("threshold_sweep", {}).items():
     lines.append(f"precision-recall sweep, {name}:")
     lines.append(f"  {'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>6}")

@@ -49,3 +49,11 @@ def report(counts) -> dict[str, float]:
   out = dict(zip(COUNT_NAMES, values))
   out.update(scores(*values))
   return out
+
+
+def format_scores(title: str, tests: dict[str, dict]) -> str:
+  """A title line and one row of precision, recall, F1 and IoU per test set."""
+  lines = [title, f"{'test set':<16} {'precision':>9} {'recall':>7} {'F1':>6} {'IoU':>6}"]
+  for name, s in tests.items():
+    lines.append(f"{name:<16} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['iou']:>6.3f}")
+  return "\n".join(lines)

@@ -460,13 +460,8 @@ def evaluate_checkpoint(config, manager, template_state, stopper, pos_weight, st
 
 def format_test_table(result: dict) -> str:
   """The test scores as a small table, one row per test set."""
-  lines = [f"test scores of {result['scenario']}-{result['model']}-p{result['patch']} "
-           f"(best epoch {result['best_epoch']}):",
-           f"{'test set':<16} {'precision':>9} {'recall':>7} {'F1':>6} {'IoU':>6}"]
-  for name, s in result["test"].items():
-    lines.append(f"{name:<16} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} "
-                 f"{s['iou']:>6.3f}")
-  return "\n".join(lines)
+  return metrics.format_scores(f"test scores of {result['scenario']}-{result['model']}-p{result['patch']} "
+                               f"(best epoch {result['best_epoch']}):", result["test"])
 
 
 def train_from_flags(channels: str, **kwargs) -> dict:
