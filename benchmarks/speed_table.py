@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # pylint: disable=wrong-import-position
 import torch_models  # pylint: disable=wrong-import-position
 
-from landslide_jax import input_pipeline, predict, train  # pylint: disable=wrong-import-position
+from landslide_jax import input_pipeline, train  # pylint: disable=wrong-import-position
 from landslide_jax.models import create_model  # pylint: disable=wrong-import-position
 
 CHANNELS = 5
@@ -124,6 +124,8 @@ class _InitRun:
 def prediction(km2: float, patch: int = 128) -> tuple[float, float]:
   """(JAX km^2/s, PyTorch km^2/s) for one demo scene of about `km2` at 10 m, 50% overlap, blended."""
   import tempfile  # pylint: disable=import-outside-toplevel
+  # Imported here: prediction needs rasterio, which a bare accelerator image may lack.
+  from landslide_jax import predict  # pylint: disable=import-outside-toplevel
   from landslide_jax.data import demo, scene as scene_lib, site_inputs  # pylint: disable=import-outside-toplevel
   with tempfile.TemporaryDirectory() as tmp:
     site = demo.write_demo_site("china", tmp, scale=km2 / 64.0)
