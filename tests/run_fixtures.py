@@ -104,3 +104,14 @@ def subprocess_env(cache: Path | None = None) -> dict[str, str]:
   if cache is not None:
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
   return env
+
+
+@contextlib.contextmanager
+def learnable_module_env(tmp_path_factory, name: str):
+  """For a module-scoped fixture: within the shared compilation cache, a fresh folder `name` holding
+  learnable sites (`raw/`) and their prepared datasets (`tfds/`). Yields (root, raw, data_dir, cache)."""
+  cache = tmp_path_factory.getbasetemp() / "jax_cache"
+  with compilation_cache(cache):
+    root = tmp_path_factory.mktemp(name)
+    raw = write_learnable_sites(root / "raw")
+    yield root, raw, prepare_sites(raw, root / "tfds"), cache

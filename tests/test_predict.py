@@ -45,11 +45,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  cache = tmp_path_factory.getbasetemp() / "jax_cache"
-  with run_fixtures.compilation_cache(cache):
-    root = tmp_path_factory.mktemp("predict")
-    raw = run_fixtures.write_learnable_sites(root / "raw")
-    data_dir = run_fixtures.prepare_sites(raw, root / "tfds")
+  with run_fixtures.learnable_module_env(tmp_path_factory, "predict") as (root, raw, data_dir, _):
     workdir = root / "run"
     run_fixtures.train_run(raw, data_dir, workdir, MAX_EPOCHS)
     yield Env(root, raw, data_dir, workdir, evaluate.load_run(workdir))

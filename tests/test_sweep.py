@@ -44,11 +44,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  cache = tmp_path_factory.getbasetemp() / "jax_cache"
-  with run_fixtures.compilation_cache(cache):
-    root = tmp_path_factory.mktemp("sweep")
-    raw = run_fixtures.write_learnable_sites(root / "raw")
-    data_dir = run_fixtures.prepare_sites(raw, root / "tfds")
+  with run_fixtures.learnable_module_env(tmp_path_factory, "sweep") as (root, raw, data_dir, _):
     options = {k: v for k, v in run_fixtures.RUN_OPTIONS.items() if k not in ("patch", "model")}
     base = train.TrainConfig(data_dir=str(data_dir), manual_dir=str(raw), max_epochs=1,
                              channels=run_fixtures.CHANNEL_TUPLE, **options)
