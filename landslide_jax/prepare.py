@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from landslide_jax import constants
-from landslide_jax.data import landslide4sense, site_inputs
+from landslide_jax.data import demo, landslide4sense, site_inputs
 from landslide_jax.data.normalization import read_metadata
 from landslide_jax.errors import InputError
 
@@ -40,7 +40,6 @@ def default_data_dir() -> Path:
 
 def demo_manual_dir(data_dir: str | os.PathLike, sites: tuple[str, ...], scale: float) -> Path:
   """Writes (or reuses) the built-in synthetic demo scenes and says so, loudly, on stderr."""
-  from landslide_jax.data import demo  # pylint: disable=import-outside-toplevel
   out = Path(data_dir) / DEMO_DIRNAME / f"scale{scale:g}-seed{DEMO_SEED}"
   print(f"landslide_jax: no --manual_dir given, so using the built-in SYNTHETIC demo scenes "
         f"(scale {scale:g}) in {out}; results on them say nothing about real landslides.",
