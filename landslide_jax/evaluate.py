@@ -23,7 +23,7 @@ from flax import jax_utils
 from flax.training import early_stopping
 from jax import lax
 
-from landslide_jax import constants, input_pipeline, metrics, prepare, train
+from landslide_jax import constants, files, input_pipeline, metrics, prepare, train
 from landslide_jax.data import normalization, patching, raster_io
 from landslide_jax.errors import InputError
 
@@ -268,9 +268,7 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
             "test": {k: results[k] for k in test_sets}, "maps": maps}
   if sweep_thresholds:
     result["threshold_sweep"] = sweeps
-  tmp = out_dir / "metrics.json.tmp"
-  tmp.write_text(json.dumps(result, indent=2) + "\n")
-  os.replace(tmp, out_dir / "metrics.json")
+  files.write_text_atomically(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
   print(format_table(result), flush=True)
   return result
 

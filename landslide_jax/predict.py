@@ -22,7 +22,7 @@ import rasterio.warp
 import rasterio.windows
 from scipy import ndimage
 
-from landslide_jax import constants
+from landslide_jax import constants, files
 from landslide_jax.data import raster_io, scene as scene_lib, site_inputs
 from landslide_jax.errors import InputError
 
@@ -250,10 +250,8 @@ def landslide_polygons(landslides_tif: Path, probability_tif: Path, min_area_m2:
 
 def write_geojson(path: Path, features: list[dict]) -> Path:
   """A FeatureCollection in EPSG:4326 (RFC 7946), written atomically."""
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-  os.replace(tmp, path)
-  return path
+  return files.write_text_atomically(
+      path, json.dumps({"type": "FeatureCollection", "features": features}))
 
 
 def predict_scene(workdir: str | os.PathLike, scene: str | os.PathLike, dem: str | os.PathLike | None,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landslide_jax import constants, train
+from landslide_jax import constants, files, train
 from landslide_jax.errors import InputError
 
 # The paper's scenarios, in table order: Table 4 = scenario 1 (all sites), ..., Table 7 = Japan.
@@ -71,12 +71,6 @@ def run_grid(scenarios: tuple[str, ...], patches: tuple[int, ...], models: tuple
     print(f"{label}: training", flush=True)
     results[(scenario, model, patch)] = train.train_and_evaluate(config)
   return results
-
-
-def _atomic_write(path: Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 def scenario_table(results: dict, scenario: str, patches, models) -> tuple[str, str]:
@@ -165,8 +159,8 @@ def write_results(results: dict, out: str | os.PathLike, scenarios, patches, mod
     md, text = scenario_table(results, scenario, patches, models)
     stem = f"table{number + 3}_scenario{number}"
     title = f"# Table {number + 3}: scenario {number}, trained on {scenario}\n\n"
-    _atomic_write(out / f"{stem}.md", title + md)
-    _atomic_write(out / f"{stem}.csv", text)
+    files.write_text_atomically(out / f"{stem}.md", title + md)
+    files.write_text_atomically(out / f"{stem}.csv", text)
     written += [out / f"{stem}.md", out / f"{stem}.csv"]
   ordered = [s for s in SCENARIO_ORDER if s in scenarios]
   _bar_chart(out / "fig10_mean_f1_by_scenario.png", ordered,
@@ -179,7 +173,7 @@ def write_results(results: dict, out: str | os.PathLike, scenarios, patches, mod
   _heat_map(out / "transferability.png", matrix, ordered)
   written += [out / "fig10_mean_f1_by_scenario.png", out / "fig11_mean_f1_by_patch.png",
               out / "transferability.png"]
-  _atomic_write(out / "summary.md", summary(results, ordered, patches, models, matrix))
+  files.write_text_atomically(out / "summary.md", summary(results, ordered, patches, models, matrix))
   written.append(out / "summary.md")
   return written
 

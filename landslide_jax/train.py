@@ -27,7 +27,7 @@ from flax import jax_utils
 from flax.training import early_stopping, train_state
 from jax import lax
 
-from landslide_jax import constants, input_pipeline, metrics, prepare
+from landslide_jax import constants, files, input_pipeline, metrics, prepare
 from landslide_jax.data import normalization
 from landslide_jax.errors import InputError
 from landslide_jax.models import create_model
@@ -333,11 +333,8 @@ class _Logger:
 
 
 def _write_json(path: Path, data: dict) -> None:
-  if jax.process_index() != 0:
-    return
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(data, indent=2) + "\n")
-  os.replace(tmp, path)
+  if jax.process_index() == 0:
+    files.write_text_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 def train_and_evaluate(config: TrainConfig) -> dict:
