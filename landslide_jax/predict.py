@@ -136,6 +136,7 @@ def predict_probabilities(run, inputs: site_inputs.SiteInputs, out_dir: str | os
     raise InputError(None, f"--overlap={overlap} is outside [0, 1)", "pass e.g. 0.5")
   bands = tuple(c for c in channels if c in constants.SENTINEL2_BANDS)
   _check_channels(inputs, bands, channels)
+  inputs = dataclasses.replace(inputs, s2_units=raster_io.resolve_s2_units(inputs, bands))
   grid = raster_io.scene_grid(inputs, bands)
   stride = max(1, int(round(patch * (1.0 - overlap))))
   try:

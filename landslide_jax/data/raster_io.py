@@ -139,11 +139,8 @@ def read_sentinel2(inputs, bands: tuple[str, ...], window: rasterio.windows.Wind
     read.
   """
   if window is not None:
-    units = inputs.s2_units
-    if units == "auto":
-      units = _decimated_units(inputs, bands)
     image, valid, grid = _read_s2_pixels(inputs, bands, window)
-    return _to_dn(image, valid, units), valid, grid
+    return _to_dn(image, valid, resolve_s2_units(inputs, bands)), valid, grid
   image, valid, grid = _read_s2_pixels(inputs, bands, None)
   source = inputs.s2_stack or inputs.s2_band_files[bands[0]]
   if not valid.any():
@@ -168,8 +165,12 @@ def _to_dn(image: np.ndarray, valid: np.ndarray, units: str) -> np.ndarray:
   return image
 
 
-def _decimated_units(inputs, bands: tuple[str, ...]) -> str:
-  # A ~1000 px overview read of the whole scene: cheap, and the same answer for every block.
+def resolve_s2_units(inputs, bands: tuple[str, ...]) -> str:
+  """'dn' or 'reflectance': the manifest's `s2_units`, or for 'auto' the answer of a ~1000 px overview
+  read of the whole scene (cheap, and the same for every block). Block-wise readers resolve it once and
+  pass inputs with it set, so the overview is not read again for each block."""
+  if inputs.s2_units != "auto":
+    return inputs.s2_units
   grid = scene_grid(inputs, bands)
   step = max(1, max(grid.shape) // 1000)
   image, valid, _ = _read_s2_pixels(inputs, bands, None, step=step)
@@ -239,6 +240,23 @@ def _read_s2_pixels(inputs, bands: tuple[str, ...], window, step: int = 1
   return image, valid, window_grid(grid)
 
 
+def _covering_window(src: rasterio.io.DatasetReader, grid: Grid, pad: int = 2
+                     ) -> rasterio.windows.Window | None:
+  """The part of `src` that `grid` needs (its bounds in the source CRS, grown by `pad` source pixels for
+  the resampling kernel), clipped to the file; None when they do not overlap. Reading only this part
+  keeps block-wise prediction from reading a whole DEM or mask once per block."""
+  left, bottom, right, top = rasterio.warp.transform_bounds(grid.crs, src.crs, *grid.bounds,
+                                                            densify_pts=21)
+  w = rasterio.windows.from_bounds(left, bottom, right, top, src.transform)
+  col0 = max(int(np.floor(w.col_off)) - pad, 0)
+  row0 = max(int(np.floor(w.row_off)) - pad, 0)
+  col1 = min(int(np.ceil(w.col_off + w.width)) + pad, src.width)
+  row1 = min(int(np.ceil(w.row_off + w.height)) + pad, src.height)
+  if col1 <= col0 or row1 <= row0:
+    return None
+  return rasterio.windows.Window(col0, row0, col1 - col0, row1 - row0)
+
+
 def read_onto_grid(path: str | os.PathLike, grid: Grid, what: str,
                    resampling: Resampling = Resampling.nearest,
                    dst_nodata: float = 0.0) -> np.ndarray:
@@ -250,10 +268,14 @@ def read_onto_grid(path: str | os.PathLike, grid: Grid, what: str,
     src_grid = grid_of(src)
     if _same_grid(src_grid, grid):
       return read_band(src, 1, what).astype(np.float32)
-    source = read_band(src, 1, what).astype(np.float32)
     out = np.full(grid.shape, dst_nodata, np.float32)
+    window = _covering_window(src, grid)
+    if window is None:
+      return out
+    source = read_band(src, 1, what, window=window).astype(np.float32)
     rasterio.warp.reproject(
-        source, out, src_transform=src.transform, src_crs=src.crs, src_nodata=src.nodata,
+        source, out, src_transform=src.window_transform(window), src_crs=src.crs,
+        src_nodata=src.nodata,
         dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=dst_nodata,
         resampling=resampling)
     return out
@@ -270,9 +292,6 @@ def read_dem_on_grid(path: str | os.PathLike, grid: Grid, margin: int = 1) -> np
   """
   with open_raster(path, "DEM") as src:
     src_grid = grid_of(src)
-    dem = read_band(src, 1, "DEM").astype(np.float32)
-    if src.nodata is not None and not np.isnan(src.nodata):
-      dem[dem == np.float32(src.nodata)] = np.nan
     # Coverage: the DEM's footprint in the scene CRS must contain the scene (half a DEM pixel slack).
     left, bottom, right, top = rasterio.warp.transform_bounds(
         src_grid.crs, grid.crs, *src.bounds, densify_pts=21)
@@ -284,9 +303,13 @@ def read_dem_on_grid(path: str | os.PathLike, grid: Grid, margin: int = 1) -> np
                        f"{right:.0f}, {top:.0f}; scene {s_left:.0f}, {s_bottom:.0f}, {s_right:.0f}, "
                        f"{s_top:.0f} in {grid.crs})", "provide a DEM mosaic that covers the whole scene")
     big = grid.expanded(margin)
+    window = _covering_window(src, big)
+    dem = read_band(src, 1, "DEM", window=window).astype(np.float32)
+    if src.nodata is not None and not np.isnan(src.nodata):
+      dem[dem == np.float32(src.nodata)] = np.nan
     out = np.full(big.shape, np.nan, np.float32)
     rasterio.warp.reproject(
-        dem, out, src_transform=src.transform, src_crs=src.crs, src_nodata=np.nan,
+        dem, out, src_transform=src.window_transform(window), src_crs=src.crs, src_nodata=np.nan,
         dst_transform=big.transform, dst_crs=big.crs, dst_nodata=np.nan,
         resampling=Resampling.bilinear)
   inner = out[margin:out.shape[0] - margin, margin:out.shape[1] - margin]
