@@ -13,7 +13,7 @@ EXIT_BAD_INPUT = 2
 
 
 def run_reporting_input_errors(fn: Callable[[], object]) -> None:
-  """Calls `fn`; an `InputError` (or a bad flag value, ValueError from flag checks) becomes one line.
+  """Calls `fn`; an `InputError` (bad input or bad flag value) becomes one line on stderr and exit 2.
 
   Other exceptions keep their traceback: they are bugs, and the traceback is what a bug report needs.
   """

@@ -72,8 +72,7 @@ def make_config(patch: int, channels: tuple[str, ...] = constants.DEFAULT_CHANNE
 def _load_scene(site_dir: str, channels: tuple[str, ...], name: str, input_hash: str) -> scene_lib.Scene:
   # Keyed on the input hash: building p32, p64 and p128 in one process reads the rasters once, and a
   # changed input is never served from the cache.
-  del input_hash
-  return scene_lib.load_scene(site_dir, channels, name)
+  return scene_lib.load_scene(site_dir, channels, name, input_hash)
 
 
 def _share(values: np.ndarray, valid: np.ndarray) -> float:
@@ -129,10 +128,10 @@ class SiteBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _metadata(self, scene, labels, grids, stats) -> dict:
     config: SitePatchConfig = self.builder_config
     areas = {}
-    for name, grid in grids.items():
+    for code, name in split.AREA_NAMES.items():
+      grid = grids[name]
       valid = grid.windows(scene.valid)
       masks = grid.windows(scene.landslides)
-      code = [k for k, v in split.AREA_NAMES.items() if v == name][0]
       rows, cols = np.nonzero(labels == code)
       r0, c0 = int(rows.min()), int(cols.min())
       areas[name] = {

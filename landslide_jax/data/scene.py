@@ -70,8 +70,12 @@ def load_channels(inputs: site_inputs.SiteInputs, channels: tuple[str, ...],
   return stacked, valid, grid
 
 
-def load_scene(site_dir: str | os.PathLike, channels: tuple[str, ...], name: str) -> Scene:
+def load_scene(site_dir: str | os.PathLike, channels: tuple[str, ...], name: str,
+               input_hash: str | None = None) -> Scene:
   """Reads one site folder into a `Scene` with the requested channels, in order.
+
+  `input_hash` is the inputs' `content_hash()` when the caller already has it (hashing reads every raw
+  file, so it is not worth doing twice).
 
   Raises:
     InputError: any unusable input (see README.md 'Errors').
@@ -84,4 +88,4 @@ def load_scene(site_dir: str | os.PathLike, channels: tuple[str, ...], name: str
     test_area = inventory.read_mask(inputs.test_area, grid, "test area").astype(bool)
   return Scene(name=name, channels=tuple(channels), image=image, valid=valid,
                landslides=landslides * valid.astype(np.uint8), test_area=test_area, grid=grid,
-               source=inputs.source, input_hash=inputs.content_hash())
+               source=inputs.source, input_hash=input_hash or inputs.content_hash())
