@@ -58,10 +58,7 @@ class SplitData:
 def dataset_builder(name: str, patch: int, channels: tuple[str, ...], data_dir: str | os.PathLike):
   """The TFDS builder of a prepared dataset (site or 'landslide4sense') with default options."""
   import tfds_builders  # pylint: disable=import-outside-toplevel
-  from tfds_builders import site_builder  # pylint: disable=import-outside-toplevel
-  from tfds_builders.landslide4sense import landslide4sense  # pylint: disable=import-outside-toplevel
-  module = landslide4sense if name == "landslide4sense" else site_builder
-  return tfds_builders.get_builder(name, module.make_config(patch, channels), data_dir)
+  return tfds_builders.get_builder(name, tfds_builders.config_for(name, patch, channels), data_dir)
 
 
 def read_split(name: str, patch: int, split: str, channels: tuple[str, ...],

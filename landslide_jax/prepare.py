@@ -86,14 +86,9 @@ def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir:
     InputError: unusable raw inputs, or stale dataset without `overwrite`.
   """
   import tfds_builders  # pylint: disable=import-outside-toplevel  (pulls in TFDS only when building)
-  from tfds_builders import site_builder  # pylint: disable=import-outside-toplevel
-  from tfds_builders.landslide4sense import landslide4sense as l4s_builder  # pylint: disable=import-outside-toplevel
 
   data_dir = Path(data_dir)
-  if site == "landslide4sense":
-    config = l4s_builder.make_config(patch, channels)
-  else:
-    config = site_builder.make_config(patch, channels, max_nodata_fraction)
+  config = tfds_builders.config_for(site, patch, channels, max_nodata_fraction)
   builder = tfds_builders.get_builder(site, config, data_dir)
   target = Path(builder.data_path)
   current_hash = input_hash(site, manual_dir)
