@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -57,17 +58,29 @@ def window_origins(length: int, patch: int, stride: int) -> np.ndarray:
   return np.asarray(origins)
 
 
-def scene_inputs(scene: str | os.PathLike, dem: str | os.PathLike | None) -> site_inputs.SiteInputs:
-  """Inputs of a scene to map: a Sentinel-2 GeoTIFF (bands named by their descriptions) or a manifest."""
+def scene_inputs(scene: str | os.PathLike, dem: str | os.PathLike | None,
+                 s2_add_offset: float | None = None) -> site_inputs.SiteInputs:
+  """Inputs of a scene to map: a Sentinel-2 GeoTIFF (bands named by their descriptions) or a manifest.
+
+  Args:
+    scene: the Sentinel-2 GeoTIFF, or a site's manifest.json / manifest.toml.
+    dem: the DEM (overrides a manifest's).
+    s2_add_offset: DN added to every band (`--s2_add_offset`; -1000 for processing baseline 04.00 and
+      later); overrides a manifest's. None: not given (a manifest's, else 0).
+  """
   scene = Path(scene)
   if not scene.exists():
     raise InputError(scene, "scene file does not exist", "pass an S2 GeoTIFF or a site manifest.json")
+  offset = {}
+  if s2_add_offset is not None:
+    offset = {"s2_add_offset": site_inputs.parse_add_offset(s2_add_offset, None),
+              "s2_add_offset_given": True}
   if scene.suffix.lower() in (".json", ".toml"):
     if scene.name not in site_inputs.MANIFEST_NAMES:
       raise InputError(scene, "a scene manifest must be named manifest.json or manifest.toml",
                        "rename it, or pass the Sentinel-2 GeoTIFF with --dem")
     inputs = site_inputs.find_site_inputs(scene.parent, require_inventory=False)
-    return dataclasses.replace(inputs, dem=Path(dem)) if dem else inputs
+    return dataclasses.replace(inputs, **({"dem": Path(dem)} if dem else {}), **offset)
   if dem is None:
     raise InputError(scene, "no DEM given", "pass --dem=<DEM GeoTIFF covering the scene>")
   if not Path(dem).is_file():
@@ -75,7 +88,48 @@ def scene_inputs(scene: str | os.PathLike, dem: str | os.PathLike | None) -> sit
   return site_inputs.SiteInputs(
       site_dir=scene.parent, s2_stack=scene, s2_band_files={}, bands=None, s2_units="auto",
       s2_nodata=None, dem=Path(dem), inventory=None, inventory_layer=None, test_area=None,
-      nodata_mask=None, source=constants.SOURCE_REAL, manifest=None)
+      nodata_mask=None, source=constants.SOURCE_REAL, manifest=None, **offset)
+
+
+def training_offset_warning(saved_config: dict, offsets: dict[str, float]) -> str | None:
+  """A one-line warning when a scene's Sentinel-2 offsets differ from the run's training datasets.
+
+  Args:
+    saved_config: the run's `config.json`; its `datasets[site]["s2_add_offset"]` (band -> DN) are the
+      offsets each training dataset was built with. Sites (or bands) without them are unknown: no warning.
+    offsets: the scene's offset of each band the model reads.
+
+  Returns:
+    The warning line, or None when every known training offset matches.
+  """
+  datasets = saved_config.get("datasets")
+  differences = []
+  for site, info in (datasets.items() if isinstance(datasets, dict) else ()):
+    trained = info.get("s2_add_offset") if isinstance(info, dict) else None
+    if not isinstance(trained, dict):
+      continue
+    for band, offset in offsets.items():
+      value = trained.get(band)
+      if isinstance(value, (int, float)) and float(value) != offset:
+        differences.append(f"{band} {offset:g} here vs {float(value):g} in {site}")
+  if not differences:
+    return None
+  shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
+  return ("warning: the scene's Sentinel-2 offset (s2_add_offset) differs from the run's training data "
+          f"({shown}), so its values are shifted against what the model learnt: check the product's "
+          "processing baseline and set --s2_add_offset or the manifest's s2_add_offset to match")
+
+
+def _warn_training_offset(run, offsets: dict[str, float]) -> None:
+  """Prints `training_offset_warning` for the run's saved config, if the run recorded its offsets."""
+  workdir = getattr(run, "workdir", None)
+  try:
+    saved = json.loads((Path(workdir) / "config.json").read_text()) if workdir is not None else {}
+  except (OSError, ValueError):
+    return  # no saved config: the offsets of training are unknown
+  message = training_offset_warning(saved if isinstance(saved, dict) else {}, offsets)
+  if message:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _pixel_area_m2(grid: raster_io.Grid) -> float:
@@ -136,7 +190,12 @@ def predict_probabilities(run, inputs: site_inputs.SiteInputs, out_dir: str | os
     raise InputError(None, f"--overlap={overlap} is outside [0, 1)", "pass e.g. 0.5")
   bands = tuple(c for c in channels if c in constants.SENTINEL2_BANDS)
   _check_channels(inputs, bands, channels)
-  inputs = dataclasses.replace(inputs, s2_units=raster_io.resolve_s2_units(inputs, bands))
+  # Units, the offset check and the offsets are settled once for the scene, before any block is read.
+  units = raster_io.resolve_s2_units(inputs, bands, check_offset=True)
+  offsets = raster_io.s2_add_offsets(inputs, bands, units)
+  if units == "dn":  # reflectance data carry no offset: nothing to compare
+    _warn_training_offset(run, offsets)
+  inputs = dataclasses.replace(inputs, s2_units=units)
   grid = raster_io.scene_grid(inputs, bands)
   stride = max(1, int(round(patch * (1.0 - overlap))))
   try:
@@ -258,14 +317,16 @@ def write_geojson(path: Path, features: list[dict]) -> Path:
 def predict_scene(workdir: str | os.PathLike, scene: str | os.PathLike, dem: str | os.PathLike | None,
                   out_dir: str | os.PathLike, checkpoint: str = "best", overlap: float = 0.5,
                   blend: str = "cosine", threshold: float | None = None, min_area_m2: float = 0.0,
-                  block: int = 1024) -> dict:
-  """`launch.predict`: maps landslides in a scene with a trained run; returns the written paths."""
+                  block: int = 1024, s2_add_offset: float | None = None) -> dict:
+  """`launch.predict`: maps landslides in a scene with a trained run; returns the written paths.
+
+  `s2_add_offset` is `--s2_add_offset` (see `scene_inputs`)."""
   from landslide_jax import evaluate  # pylint: disable=import-outside-toplevel  (evaluate imports train)
   if blend not in BLENDS:
     raise InputError(None, f"--blend={blend!r} is not valid", f"use one of: {', '.join(BLENDS)}")
   if block <= 0 or min_area_m2 < 0:
     raise InputError(None, "--block must be positive and --min_area_m2 non-negative", "check the flags")
-  inputs = scene_inputs(scene, dem)
+  inputs = scene_inputs(scene, dem, s2_add_offset)
   run = evaluate.load_run(workdir, checkpoint)
   written = predict_probabilities(run, inputs, out_dir, overlap=overlap, blend=blend,
                                   threshold=threshold, block=block)

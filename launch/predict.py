@@ -15,6 +15,9 @@ _BLEND = flags.DEFINE_enum("blend", "cosine", list(predict.BLENDS), "Window weig
 _THRESHOLD = flags.DEFINE_float("threshold", None, "Probability threshold (default: the run's).")
 _MIN_AREA = flags.DEFINE_float("min_area_m2", 0.0, "Drop polygons smaller than this.")
 _BLOCK = flags.DEFINE_integer("block", 1024, "Block side in pixels read at once (memory, not results).")
+_S2_ADD_OFFSET = flags.DEFINE_float(
+    "s2_add_offset", None, "DN added to every stored Sentinel-2 band: -1000 for products of processing "
+    "baseline 04.00 and later (BOA_ADD_OFFSET / RADIO_ADD_OFFSET). Default: the manifest's, else 0.")
 
 
 def main(argv):
@@ -22,7 +25,7 @@ def main(argv):
   cli.run_reporting_input_errors(lambda: predict.predict_scene(
       _WORKDIR.value, _SCENE.value, _DEM.value, _OUT.value, checkpoint=_CHECKPOINT.value,
       overlap=_OVERLAP.value, blend=_BLEND.value, threshold=_THRESHOLD.value,
-      min_area_m2=_MIN_AREA.value, block=_BLOCK.value))
+      min_area_m2=_MIN_AREA.value, block=_BLOCK.value, s2_add_offset=_S2_ADD_OFFSET.value))
 
 
 if __name__ == "__main__":

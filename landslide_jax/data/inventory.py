@@ -61,6 +61,9 @@ def read_mask(path: str | os.PathLike, grid: raster_io.Grid, what: str,
               layer: str | None = None, require_features: bool = True) -> np.ndarray:
   """A binary (0/1 uint8) mask on `grid` from polygons or from a raster (non-zero = 1).
 
+  Raster pixels tagged nodata (a GIS export's 255 or -9999 around the features) and pixels the raster
+  does not cover are 0: not landslide, not test area.
+
   Args:
     path: vector (.gpkg, .geojson, .shp, ...) or raster file.
     grid: the scene grid.
@@ -70,8 +73,8 @@ def read_mask(path: str | os.PathLike, grid: raster_io.Grid, what: str,
   """
   path = Path(path)
   if path.suffix.lower() in RASTER_SUFFIXES:
-    values = raster_io.read_onto_grid(path, grid, what)
-    mask = (np.nan_to_num(values) > 0).astype(np.uint8)
+    values = raster_io.read_onto_grid(path, grid, what, fill=0.0)
+    mask = (values > 0).astype(np.uint8)
     if require_features and not mask.any():
       raise InputError(path, f"{what} raster has no positive pixel inside the scene",
                        "check it is the right site and lies on the Sentinel-2 footprint")

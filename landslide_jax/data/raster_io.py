@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -21,12 +23,31 @@ import rasterio.warp
 import rasterio.windows
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from scipy import ndimage
 
 from landslide_jax import constants
 from landslide_jax.errors import InputError
 
 # Auto unit detection: Sentinel-2 reflectance rarely exceeds 1.0 (bright clouds ~1.5); DNs are ~0-10000.
 _REFLECTANCE_MAX = 2.0
+
+# Offset check. Processing baseline 04.00 and later stores DN = 10000 x reflectance + 1000, so even the
+# darkest pixels (water, shadows: a few hundred DN in every band) read above 1000. A scene whose darkest
+# band has its 0.1th percentile of valid DN above OFFSET_DARK_DN, with no s2_add_offset given, gets a
+# warning; scenes with fewer valid pixels than OFFSET_MIN_PIXELS are too small to judge.
+OFFSET_DARK_PERCENTILE = 0.1
+OFFSET_DARK_DN = 1000.0
+OFFSET_MIN_PIXELS = 10_000
+_OFFSET_SAMPLE_PIXELS = 1_000_000  # the percentile is taken on a regular subsample of this many pixels
+
+# DEM fill detection. A DEM whose voids or out-of-footprint area hold a constant (0, -32768...) without a
+# nodata tag makes cliffs of 90 degrees. A constant region of at least DEM_FILL_MIN_PIXELS source pixels
+# is a fill when the valid pixels around it differ from it by more than DEM_FILL_JUMP_M (median), or when
+# the constant is no elevation on Earth (outside DEM_PLAUSIBLE_M). A lake or a flat valley floor has
+# shores within metres of its level and passes.
+DEM_FILL_MIN_PIXELS = 100
+DEM_FILL_JUMP_M = 100.0
+DEM_PLAUSIBLE_M = (-500.0, 9000.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,13 +155,17 @@ def read_sentinel2(inputs, bands: tuple[str, ...], window: rasterio.windows.Wind
       decided on a decimated read of the whole scene, so every block is scaled alike.
 
   Returns:
-    (image, valid, grid): image float32 (len(bands), H, W) in digital numbers (reflectance x 10000);
-    valid bool (H, W), False where every band is nodata or any band is not finite; the grid of what was
-    read.
+    (image, valid, grid): image float32 (len(bands), H, W) in digital numbers (reflectance x 10000),
+    with the site's `s2_add_offset` added to DN data; valid bool (H, W), False where every band is nodata
+    or any band is not finite; the grid of what was read.
+
+  A whole-scene read of DN data without an `s2_add_offset` warns on stderr when the scene looks offset
+  (see OFFSET_DARK_DN); the values are used as stored all the same.
   """
   if window is not None:
     image, valid, grid = _read_s2_pixels(inputs, bands, window)
-    return _to_dn(image, valid, resolve_s2_units(inputs, bands)), valid, grid
+    units = resolve_s2_units(inputs, bands)
+    return _to_dn(image, valid, units, s2_add_offsets(inputs, bands, units)), valid, grid
   image, valid, grid = _read_s2_pixels(inputs, bands, None)
   source = inputs.s2_stack or inputs.s2_band_files[bands[0]]
   if not valid.any():
@@ -149,7 +174,9 @@ def read_sentinel2(inputs, bands: tuple[str, ...], window: rasterio.windows.Wind
   units = inputs.s2_units
   if units == "auto":
     units = _units_of(image, valid)
-  return _to_dn(image, valid, units), valid, grid
+  offsets = s2_add_offsets(inputs, bands, units)
+  _warn_if_offset_missing(inputs, image, valid, units, source)
+  return _to_dn(image, valid, units, offsets), valid, grid
 
 
 def _units_of(image: np.ndarray, valid: np.ndarray) -> str:
@@ -158,23 +185,83 @@ def _units_of(image: np.ndarray, valid: np.ndarray) -> str:
   return "reflectance" if np.percentile(image[:, valid], 99) <= _REFLECTANCE_MAX else "dn"
 
 
-def _to_dn(image: np.ndarray, valid: np.ndarray, units: str) -> np.ndarray:
+def _to_dn(image: np.ndarray, valid: np.ndarray, units: str, offsets: dict[str, float]) -> np.ndarray:
   if units == "reflectance":
     image *= constants.S2_DN_PER_REFLECTANCE
-  image[:, ~valid] = 0.0
+  else:
+    for layer, offset in zip(image, offsets.values()):
+      if offset:
+        layer += np.float32(offset)
+  image[:, ~valid] = 0.0  # after the offset: nodata stays 0
   return image
 
 
-def resolve_s2_units(inputs, bands: tuple[str, ...]) -> str:
+def s2_add_offsets(inputs, bands: tuple[str, ...], units: str) -> dict[str, float]:
+  """The DN offset added to each of `bands` (in order), checked against the data's units.
+
+  Raises:
+    InputError: a non-zero offset for data in reflectance units (the offset is in the stored DN), or a
+      per-band table that leaves out one of `bands`.
+  """
+  offsets = inputs.add_offsets(bands)
+  nonzero = {b: v for b, v in offsets.items() if v}
+  if units == "reflectance" and nonzero:
+    listed = ", ".join(f"{b} {v:g}" for b, v in nonzero.items())
+    raise InputError(inputs.manifest or inputs.s2_stack or inputs.site_dir,
+                     f"s2_add_offset ({listed}) applies to digital-number products, but the Sentinel-2 "
+                     f"data are reflectance (s2_units {inputs.s2_units})",
+                     "drop s2_add_offset (or --s2_add_offset) for reflectance data, or set "
+                     "s2_units = \"dn\" if the file holds digital numbers")
+  return offsets
+
+
+def _darkest_dn(image: np.ndarray, valid: np.ndarray) -> float | None:
+  """The OFFSET_DARK_PERCENTILE of valid values of the darkest band, or None for too few valid pixels.
+
+  The darkest band, not B2: blue haze lifts B2 in shadows of non-offset L1C scenes, NIR stays low.
+  """
+  step = max(1, int(np.sqrt(valid.size / _OFFSET_SAMPLE_PIXELS)))
+  sample = valid[::step, ::step]
+  if int(sample.sum()) < OFFSET_MIN_PIXELS:
+    return None
+  return min(float(np.percentile(layer[::step, ::step][sample], OFFSET_DARK_PERCENTILE))
+             for layer in image)
+
+
+def _warn_if_offset_missing(inputs, image: np.ndarray, valid: np.ndarray, units: str,
+                            source: str | os.PathLike) -> None:
+  """One line on stderr when DN data look offset but no s2_add_offset was given (values stay as stored)."""
+  if inputs.s2_add_offset_given or units != "dn":
+    return
+  dark = _darkest_dn(image, valid)
+  if dark is None or dark <= OFFSET_DARK_DN:
+    return
+  print(f"warning: {source}: even the darkest Sentinel-2 pixels are above {OFFSET_DARK_DN:g} DN "
+        f"({OFFSET_DARK_PERCENTILE:g}th percentile of the darkest band: {dark:.0f} DN), as in products of "
+        "processing baseline 04.00 and later (DN = 10000 x reflectance + 1000), but no s2_add_offset is "
+        "given, so the values are used as stored. If the product's BOA_ADD_OFFSET/RADIO_ADD_OFFSET is "
+        "-1000, set \"s2_add_offset\": -1000 in manifest.json (launch.predict: --s2_add_offset=-1000)",
+        file=sys.stderr, flush=True)
+
+
+def resolve_s2_units(inputs, bands: tuple[str, ...], check_offset: bool = False) -> str:
   """'dn' or 'reflectance': the manifest's `s2_units`, or for 'auto' the answer of a ~1000 px overview
   read of the whole scene (cheap, and the same for every block). Block-wise readers resolve it once and
-  pass inputs with it set, so the overview is not read again for each block."""
-  if inputs.s2_units != "auto":
+  pass inputs with it set, so the overview is not read again for each block.
+
+  With `check_offset`, the same overview also feeds the warning for DN data that look offset while no
+  `s2_add_offset` was given (block reads do not check, so block-wise readers ask here, once a scene).
+  """
+  check = check_offset and not inputs.s2_add_offset_given and inputs.s2_units != "reflectance"
+  if inputs.s2_units != "auto" and not check:
     return inputs.s2_units
   grid = scene_grid(inputs, bands)
   step = max(1, max(grid.shape) // 1000)
   image, valid, _ = _read_s2_pixels(inputs, bands, None, step=step)
-  return _units_of(image, valid)
+  units = _units_of(image, valid) if inputs.s2_units == "auto" else inputs.s2_units
+  if check:
+    _warn_if_offset_missing(inputs, image, valid, units, inputs.s2_stack or inputs.s2_band_files[bands[0]])
+  return units
 
 
 def scene_grid(inputs, bands: tuple[str, ...]) -> Grid:
@@ -258,26 +345,33 @@ def _covering_window(src: rasterio.io.DatasetReader, grid: Grid, pad: int = 2
 
 
 def read_onto_grid(path: str | os.PathLike, grid: Grid, what: str,
-                   resampling: Resampling = Resampling.nearest,
-                   dst_nodata: float = 0.0) -> np.ndarray:
-  """Reads band 1 of a raster resampled onto `grid` (float32); pixels it does not cover get `dst_nodata`.
+                   resampling: Resampling = Resampling.nearest, fill: float = 0.0) -> np.ndarray:
+  """Reads band 1 of a raster resampled onto `grid` (float32).
 
-  A raster already on the grid is read as is (resampling then changes nothing).
+  Pixels equal to the file's nodata tag, NaN pixels and pixels the raster does not cover get `fill`
+  (0: for a mask, "not landslide", "not test area", "not masked"): a GIS export with 1 = landslide and
+  NoData = 255 elsewhere must not read as all landslide. A raster already on the grid is read as is
+  (resampling then changes nothing).
   """
   with open_raster(path, what) as src:
     src_grid = grid_of(src)
-    if _same_grid(src_grid, grid):
-      return read_band(src, 1, what).astype(np.float32)
-    out = np.full(grid.shape, dst_nodata, np.float32)
-    window = _covering_window(src, grid)
-    if window is None:
-      return out
-    source = read_band(src, 1, what, window=window).astype(np.float32)
-    rasterio.warp.reproject(
-        source, out, src_transform=src.window_transform(window), src_crs=src.crs,
-        src_nodata=src.nodata,
-        dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=dst_nodata,
-        resampling=resampling)
+    same = _same_grid(src_grid, grid)
+    window = None if same else _covering_window(src, grid)
+    if not same and window is None:
+      return np.full(grid.shape, fill, np.float32)
+    values = read_band(src, 1, what, window=window).astype(np.float32)
+    # NaN marks nodata from here on: rasterio's reproject takes a dst_nodata of 0 as unset, so a
+    # nodata tag (or 0) would otherwise leak through resampling.
+    if src.nodata is not None and not np.isnan(src.nodata):
+      values[values == np.float32(src.nodata)] = np.nan
+    if same:
+      out = values
+    else:
+      out = np.full(grid.shape, np.nan, np.float32)
+      rasterio.warp.reproject(
+          values, out, src_transform=src.window_transform(window), src_crs=src.crs, src_nodata=np.nan,
+          dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan, resampling=resampling)
+    out[np.isnan(out)] = fill
     return out
 
 
@@ -308,10 +402,27 @@ def read_dem_on_grid(path: str | os.PathLike, grid: Grid, margin: int = 1) -> np
     if src.nodata is not None and not np.isnan(src.nodata):
       dem[dem == np.float32(src.nodata)] = np.nan
     out = np.full(big.shape, np.nan, np.float32)
-    rasterio.warp.reproject(
-        dem, out, src_transform=src.window_transform(window), src_crs=src.crs, src_nodata=np.nan,
-        dst_transform=big.transform, dst_crs=big.crs, dst_nodata=np.nan,
+    reproject = functools.partial(
+        rasterio.warp.reproject, src_transform=src.window_transform(window), src_crs=src.crs,
+        src_nodata=np.nan, dst_transform=big.transform, dst_crs=big.crs, dst_nodata=np.nan,
         resampling=Resampling.bilinear)
+    reproject(dem, out)
+    fill = find_dem_fill(dem)
+    if fill is not None:
+      value, flagged, jump = fill
+      # Only a fill that reaches the scene (and its one-pixel margin) matters: the covering window also
+      # holds DEM pixels around a rotated or reprojected footprint.
+      reach = np.zeros(big.shape, np.float32)
+      reproject(flagged.astype(np.float32), reach)
+      if np.nan_to_num(reach).any():
+        cliff = ("an impossible elevation" if np.isnan(jump)
+                 else f"bordered by a {jump:.0f} m jump to its neighbours")
+        name = Path(path).name
+        raise InputError(path, f"DEM holds {int(flagged.sum())} pixels of the constant value {value:g} "
+                         f"({cliff}) where it covers the scene: voids or out-of-footprint area stored "
+                         "as a fill value without a nodata tag, which would make cliffs of 90 degrees",
+                         f"tag it as nodata (gdal_edit.py -a_nodata {value:g} {name}) and fill the voids "
+                         "(gdal_fillnodata.py), or use a void-filled DEM")
   inner = out[margin:out.shape[0] - margin, margin:out.shape[1] - margin]
   holes = int(np.isnan(inner).sum())
   if holes:
@@ -320,6 +431,61 @@ def read_dem_on_grid(path: str | os.PathLike, grid: Grid, margin: int = 1) -> np
   if margin and np.isnan(out).any():
     out = np.pad(inner, margin, mode="edge")
   return out
+
+
+def find_dem_fill(dem: np.ndarray) -> tuple[float, np.ndarray, float] | None:
+  """Finds a fill value in DEM pixels (NaN = nodata): constant regions that cannot be terrain.
+
+  A region is a 4-connected set of pixels of exactly one value. Regions of at least DEM_FILL_MIN_PIXELS
+  pixels whose valid neighbours differ from the value by more than DEM_FILL_JUMP_M (median), or whose
+  value is outside DEM_PLAUSIBLE_M, are fill. Only values with a flat core of some size (pixels equal to
+  their four neighbours) are labelled, so the many small flats of an integer DEM cost one comparison pass.
+
+  Returns:
+    None, or (value, flagged bool mask of its fill regions, median jump in metres around the largest one
+    (NaN when the value is implausible or the region has no valid neighbour)) for the value with the most
+    flagged pixels.
+  """
+  if min(dem.shape) < 3:
+    return None
+  centre = dem[1:-1, 1:-1]
+  core = np.zeros(dem.shape, bool)
+  core[1:-1, 1:-1] = ((centre == dem[:-2, 1:-1]) & (centre == dem[2:, 1:-1])
+                      & (centre == dem[1:-1, :-2]) & (centre == dem[1:-1, 2:]))
+  core_labels, count = ndimage.label(core)
+  if count == 0:
+    return None
+  # A region of n pixels at least 3 wide has a core of n / 3 pixels or more.
+  big = np.flatnonzero(np.bincount(core_labels.ravel()) * 3 >= DEM_FILL_MIN_PIXELS)
+  big = big[big > 0]
+  if big.size == 0:
+    return None
+  cross = ndimage.generate_binary_structure(2, 1)
+  found: dict[float, dict] = {}
+  for value in np.unique(dem[np.isin(core_labels, big)]).tolist():
+    regions, _ = ndimage.label(dem == value)
+    objects = ndimage.find_objects(regions)
+    sizes = np.bincount(regions.ravel())
+    implausible = not DEM_PLAUSIBLE_M[0] <= value <= DEM_PLAUSIBLE_M[1]
+    for i in np.flatnonzero(sizes >= DEM_FILL_MIN_PIXELS).tolist():
+      if i == 0:
+        continue
+      rows, cols = objects[i - 1]
+      r0, c0 = max(rows.start - 1, 0), max(cols.start - 1, 0)
+      r1, c1 = min(rows.stop + 1, dem.shape[0]), min(cols.stop + 1, dem.shape[1])
+      part, region = dem[r0:r1, c0:c1], regions[r0:r1, c0:c1] == i
+      # The 4-neighbours of a region never hold its value (they would belong to it).
+      ring = ndimage.binary_dilation(region, cross) & ~region & np.isfinite(part)
+      jump = float(np.median(np.abs(part[ring] - value))) if ring.any() else np.nan
+      if implausible or jump > DEM_FILL_JUMP_M:
+        entry = found.setdefault(value, {"flagged": np.zeros(dem.shape, bool), "size": 0, "jump": np.nan})
+        entry["flagged"][r0:r1, c0:c1] |= region
+        if sizes[i] > entry["size"]:  # report the jump around the largest region
+          entry["size"], entry["jump"] = int(sizes[i]), np.nan if implausible else jump
+  if not found:
+    return None
+  value = max(found, key=lambda v: int(found[v]["flagged"].sum()))
+  return value, found[value]["flagged"], found[value]["jump"]
 
 
 def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid,

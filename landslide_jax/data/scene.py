@@ -23,6 +23,8 @@ class Scene:
     valid: bool (H, W): pixel has data in every band and is not cloud-masked.
     landslides: uint8 (H, W), 1 = landslide.
     test_area: bool (H, W) from a test-area file, or None for the default split.
+    s2_add_offset: DN added to each Sentinel-2 band read (band -> offset; -1000 for processing baseline
+      04.00 and later when the manifest says so, else 0), for the dataset's metadata.
   """
   name: str
   channels: tuple[str, ...]
@@ -33,6 +35,7 @@ class Scene:
   grid: raster_io.Grid
   source: str
   input_hash: str
+  s2_add_offset: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def load_channels(inputs: site_inputs.SiteInputs, channels: tuple[str, ...],
@@ -60,7 +63,8 @@ def load_channels(inputs: site_inputs.SiteInputs, channels: tuple[str, ...],
   if "slope" in channels:
     layers["slope"] = slope_degrees(dem, grid.expanded(1).transform, grid.crs)[1:-1, 1:-1]
   if inputs.nodata_mask is not None:
-    masked = raster_io.read_onto_grid(inputs.nodata_mask, grid, "nodata mask") > 0
+    # Pixels the mask tags nodata, or does not cover, read as 0: not masked.
+    masked = raster_io.read_onto_grid(inputs.nodata_mask, grid, "nodata mask", fill=0.0) > 0
     valid &= ~masked
     if window is None and not valid.any():
       raise InputError(inputs.nodata_mask, "the nodata mask covers every valid pixel",
@@ -86,6 +90,8 @@ def load_scene(site_dir: str | os.PathLike, channels: tuple[str, ...], name: str
   test_area = None
   if inputs.test_area is not None:
     test_area = inventory.read_mask(inputs.test_area, grid, "test area").astype(bool)
+  bands = tuple(c for c in channels if c in constants.SENTINEL2_BANDS)
   return Scene(name=name, channels=tuple(channels), image=image, valid=valid,
                landslides=landslides * valid.astype(np.uint8), test_area=test_area, grid=grid,
-               source=inputs.source, input_hash=input_hash or inputs.content_hash())
+               source=inputs.source, input_hash=input_hash or inputs.content_hash(),
+               s2_add_offset=inputs.add_offsets(bands))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import tomllib
@@ -25,6 +26,8 @@ MANIFEST_KEYS = {
     "bands": "band names of a multi-band file, in band order",
     "s2_units": "'dn' (0-10000), 'reflectance' (0-1) or 'auto'",
     "s2_nodata": "Sentinel-2 value meaning nodata (default: the file's nodata tag, else 0)",
+    "s2_add_offset": "DN added to stored values (-1000 for processing baseline >= 04.00), or a table "
+                     "band -> DN (default 0)",
     "dem": "the DEM raster, any CRS and resolution",
     "inventory": "landslide polygons (.gpkg/.geojson/.shp) or a mask raster on the S2 grid",
     "inventory_layer": "layer of a multi-layer vector file",
@@ -55,6 +58,26 @@ class SiteInputs:
   nodata_mask: Path | None
   source: str
   manifest: Path | None
+  # DN added to the stored values of each band (ESA's BOA_ADD_OFFSET / RADIO_ADD_OFFSET: -1000 for
+  # processing baseline 04.00 and later). A single number covers every band; a table covers the bands it
+  # names. `s2_add_offset_given` is False when neither a manifest nor a flag said anything: then the
+  # offset is 0 and a scene that looks offset gets a warning.
+  s2_add_offset: dict[str, float] = dataclasses.field(
+      default_factory=lambda: dict.fromkeys(constants.SENTINEL2_BANDS, 0.0))
+  s2_add_offset_given: bool = False
+
+  def add_offsets(self, bands: tuple[str, ...]) -> dict[str, float]:
+    """The offset of each of `bands` (canonical names), in DN.
+
+    Raises:
+      InputError: a per-band `s2_add_offset` table leaves out one of `bands`.
+    """
+    missing = [b for b in bands if b not in self.s2_add_offset]
+    if missing:
+      raise InputError(self.manifest or self.site_dir,
+                       f"s2_add_offset lists {', '.join(self.s2_add_offset) or 'no band'} but not "
+                       f"{', '.join(missing)}", "give every band read an offset, or one number for all")
+    return {b: self.s2_add_offset[b] for b in bands}
 
   def files(self) -> list[Path]:
     """All input files (including a shapefile's sidecars), for hashing."""
@@ -97,6 +120,43 @@ def _read_manifest(path: Path) -> dict:
     raise InputError(path, f"unknown manifest key(s) {', '.join(unknown)}",
                      f"use only {', '.join(MANIFEST_KEYS)}")
   return data
+
+
+def _is_number(value) -> bool:
+  # bool is an int in Python, but `true` is no offset.
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_add_offset(value, where: str | os.PathLike | None) -> dict[str, float]:
+  """`s2_add_offset` (a number, or a table band -> number) as band -> DN for the bands it covers.
+
+  A number covers every Sentinel-2 band; band names may be spelt B02, b2, B8a, ...
+
+  Raises:
+    InputError: not a finite number or a table of them, or a table key that is not a band.
+  """
+  fix = ("write s2_add_offset = -1000 (processing baseline >= 04.00; launch.predict: "
+         "--s2_add_offset=-1000), or a table like {\"B02\": -1000, ...}")
+  if _is_number(value):
+    return dict.fromkeys(constants.SENTINEL2_BANDS, float(value))
+  if not isinstance(value, dict) or not value:
+    raise InputError(where, f"s2_add_offset must be a number or a table band -> number, got {value!r}",
+                     fix)
+  offsets = {}
+  for band, offset in value.items():
+    try:
+      name = constants.canonical_band(str(band))
+    except KeyError:
+      name = None
+    if name not in constants.SENTINEL2_BANDS:
+      raise InputError(where, f"s2_add_offset names {band!r}, which is not a Sentinel-2 band",
+                       f"use band names like {', '.join(constants.PAPER_BANDS)}")
+    if not _is_number(offset):
+      raise InputError(where, f"s2_add_offset of {band} must be a number, got {offset!r}", fix)
+    if name in offsets:
+      raise InputError(where, f"s2_add_offset lists band {name} twice", "keep one entry per band")
+    offsets[name] = float(offset)
+  return offsets
 
 
 def _existing(site_dir: Path, name: str, key: str, manifest: Path | None) -> Path:
@@ -208,6 +268,8 @@ def find_site_inputs(site_dir: str | os.PathLike, require_inventory: bool = True
   if nodata is not None and not isinstance(nodata, (int, float)):
     raise InputError(manifest, f"s2_nodata must be a number, got {nodata!r}", "write s2_nodata = 0")
   layer = spec.get("inventory_layer")
+  offset_given = "s2_add_offset" in spec
+  offsets = parse_add_offset(spec["s2_add_offset"] if offset_given else 0, manifest)
 
   return SiteInputs(
       site_dir=site_dir.resolve(),
@@ -223,4 +285,6 @@ def find_site_inputs(site_dir: str | os.PathLike, require_inventory: bool = True
       nodata_mask=named("nodata_mask", False, r"(nodata|cloud)[-_]?mask", RASTER_SUFFIXES),
       source=source,
       manifest=manifest,
+      s2_add_offset=offsets,
+      s2_add_offset_given=offset_given,
   )
