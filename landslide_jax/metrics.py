@@ -43,17 +43,25 @@ def scores(tp: float, fp: float, fn: float, tn: float = 0.0) -> dict[str, float]
   return {"precision": float(precision), "recall": float(recall), "f1": float(f1), "iou": float(iou)}
 
 
-def report(counts) -> dict[str, float]:
-  """Counts (TP, FP, FN, TN) and their scores in one dict, as written to metrics.json."""
+def report(counts, expected_pixels: int | None = None) -> dict[str, float]:
+  """Counts (TP, FP, FN, TN) and their scores in one dict, as written to metrics.json.
+
+  With `expected_pixels` (the valid pixels of the scored area, from the dataset metadata) it also holds
+  `coverage`: scored pixels / expected pixels, 1.0 when every valid pixel of the area counted once.
+  """
   values = [int(round(float(c))) for c in np.asarray(counts).reshape(-1)[:4]]
   out = dict(zip(COUNT_NAMES, values))
   out.update(scores(*values))
+  if expected_pixels is not None:
+    out["coverage"] = sum(values) / expected_pixels if expected_pixels else 0.0
   return out
 
 
 def format_scores(title: str, tests: dict[str, dict]) -> str:
   """A title line and one row of precision, recall, F1 and IoU per test set."""
-  lines = [title, f"{'test set':<16} {'precision':>9} {'recall':>7} {'F1':>6} {'IoU':>6}"]
+  lines = [title, f"{'test set':<16} {'precision':>9} {'recall':>7} {'F1':>6} {'IoU':>6} {'coverage':>8}"]
   for name, s in tests.items():
-    lines.append(f"{name:<16} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['iou']:>6.3f}")
+    coverage = f"{s['coverage']:>8.3f}" if "coverage" in s else f"{'-':>8}"
+    lines.append(f"{name:<16} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['iou']:>6.3f} "
+                 f"{coverage}")
   return "\n".join(lines)

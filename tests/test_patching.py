@@ -146,25 +146,36 @@ def test_built_splits_are_disjoint(make_site, tmp_path):
   prepare.prepare_site("china", 32, tmp_path / "tfds", site.parent)
   builder = tfds_builders.get_builder("china", site_builder.make_config(32), tmp_path / "tfds")
   source = builder.as_data_source()
-  windows = {name: [(int(ex["row"]), int(ex["col"])) for ex in source[name]] for name in _CODES}
-  assert {name: len(w) for name, w in windows.items()} == {"train": 54, "validation": 6, "test": 42}
+  examples = {name: list(source[name]) for name in _CODES}
+  # By hand (cut across columns, no nodata): test = columns 360-599, validation = 306-359 (15% of the
+  # training area's 360 columns), training = 0-305. Training: whole windows only, 6 x 9 = 54. Validation
+  # and test windows cover their area: ceil(200/32) = 7 rows x ceil(54/32) = 2 and ceil(240/32) = 8.
+  assert {name: len(e) for name, e in examples.items()} == {"train": 54, "validation": 14, "test": 56}
 
   # Labels recomputed independently of the builder, from the scene's own valid mask.
   scene = scene_lib.load_scene(site, constants.DEFAULT_CHANNELS, "china")
   labels = split.split_train_test(scene.valid)
   p = 32
   cover = {name: np.zeros(labels.shape, np.int32) for name in _CODES}
-  for name, positions in windows.items():
+  for name, items in examples.items():
+    positions = [(int(ex["row"]), int(ex["col"])) for ex in items]
     assert len(set(positions)) == len(positions), f"{name} holds a window twice"
-    for r, c in positions:
-      assert (labels[r:r + p, c:c + p] == _CODES[name]).all(), f"{name} window ({r}, {c}) leaves its area"
-      cover[name][r:r + p, c:c + p] += 1
-  training = cover["train"] + cover["validation"]
-  assert not (training[labels == TEST]).any(), "a test pixel lies in a train or validation window"
-  assert training.max() == 1, "train and validation windows overlap"
-  assert not (cover["train"] & cover["validation"]).any()
-  assert not (cover["test"][labels != TEST]).any()
-  assert (training + cover["test"]).max() == 1
+    for ex, (r, c) in zip(items, positions):
+      valid = ex["valid"][..., 0].astype(bool)
+      h, w = min(p, labels.shape[0] - r), min(p, labels.shape[1] - c)
+      assert not valid[h:].any() and not valid[:, w:].any(), f"{name} ({r}, {c}): valid past the scene"
+      assert (labels[r:r + h, c:c + w][valid[:h, :w]] == _CODES[name]).all(), \
+          f"{name} window ({r}, {c}) scores a pixel of another area"
+      assert not ex["image"][~valid].any() and not ex["mask"][~valid].any()  # blanked outside
+      if name == "train":
+        assert valid.all(), "training windows are whole windows inside the training area"
+      cover[name][r:r + h, c:c + w] += valid[:h, :w]
+  for name, code in _CODES.items():
+    assert cover[name].max() == 1, f"a {name} pixel is scored twice"
+    assert not cover[name][labels != code].any()
+  # Validation and test: every pixel of the area exactly once (no nodata in this scene).
+  for name in ("validation", "test"):
+    np.testing.assert_array_equal(cover[name], (labels == _CODES[name]).astype(np.int32))
 
 
 def test_stitch_puts_every_window_back_exactly():
@@ -186,3 +197,58 @@ def test_stitch_puts_every_window_back_exactly():
   assert covered.sum() == (54 + 6 + 42) * 32 * 32
   np.testing.assert_array_equal(stitched[covered], raster[covered])
   assert np.isnan(stitched[~covered]).all()
+
+
+def _scored_pixels(labels: np.ndarray, valid: np.ndarray, area: int, patch: int) -> np.ndarray:
+  """How often each pixel is scored by `cover_grid` windows, as the builder masks them (valid & area)."""
+  grid = patching.cover_grid(labels, valid, area, patch)
+  keep = grid.windows(valid & (labels == area)).astype(np.int32)
+  return patching.stitch(keep, grid.rows, grid.cols, labels.shape, fill=0) if len(grid) else \
+      np.zeros(labels.shape, np.int32)
+
+
+def _irregular_area(shape=(300, 410), seed=5) -> tuple[np.ndarray, np.ndarray]:
+  """Labels with a blobby test area touching the scene's bottom edge and nodata holes: what a real
+  test-area polygon on a cloudy scene looks like. Sides are not multiples of any patch size."""
+  rng = np.random.default_rng(seed)
+  rows, cols = np.mgrid[:shape[0], :shape[1]]
+  blob = (rows - 260) ** 2 / 90 ** 2 + (cols - 200) ** 2 / 150 ** 2 < 1
+  labels = np.where(blob, TEST, TRAIN).astype(np.uint8)
+  valid = np.ones(shape, bool)
+  for _ in range(6):
+    r, c = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+    valid[max(r - 15, 0):r + 15, max(c - 25, 0):c + 25] = False
+  return labels, valid
+
+
+def test_cover_grid_scores_every_valid_area_pixel_once_at_every_patch_size():
+  labels, valid = _irregular_area()
+  wanted = (valid & (labels == TEST)).astype(np.int32)
+  for patch in (32, 64, 128):
+    np.testing.assert_array_equal(_scored_pixels(labels, valid, TEST, patch), wanted)
+    # The paper grid does not: it drops windows cut by the area boundary and the scene edge.
+    grid = patching.patch_grid(labels, valid, TEST, patch, max_nodata_fraction=1.0)
+    assert grid.windows(valid & (labels == TEST)).sum() < wanted.sum()
+
+
+def test_cover_grid_windows_past_the_scene_are_zero_padded():
+  labels, valid = _irregular_area()
+  grid = patching.cover_grid(labels, valid, TEST, 128)
+  assert (grid.rows + 128 > labels.shape[0]).any()  # the bottom row of windows leaves the scene
+  image = np.arange(np.prod(labels.shape), dtype=np.float32).reshape(labels.shape) + 1
+  for window, r, c in zip(grid.windows(image), grid.rows, grid.cols):
+    h, w = min(128, labels.shape[0] - r), min(128, labels.shape[1] - c)
+    np.testing.assert_array_equal(window[:h, :w], image[r:r + h, c:c + w])
+    assert not window[h:].any() and not window[:, w:].any()
+
+
+def test_cover_grid_on_the_real_jiuzhaigou_test_area():
+  from tests.conftest import shared_path  # pylint: disable=import-outside-toplevel
+  import rasterio  # pylint: disable=import-outside-toplevel
+  with rasterio.open(shared_path("jiuzhaigou_dem", "Test_010.tif")) as src:
+    test_area = src.read(1) > 0
+  valid = np.ones(test_area.shape, bool)
+  labels = split.split_train_test(valid, test_area)
+  wanted = (labels == TEST).astype(np.int32)
+  for patch in (32, 64, 128):
+    np.testing.assert_array_equal(_scored_pixels(labels, valid, TEST, patch), wanted)

@@ -1,7 +1,9 @@
 """Shared base of the paper-site builders (`taiwan`, `china`, `japan`) and the common feature spec.
 
 A site dataset is the site's scene split into training / validation / testing areas and cut into
-non-overlapping windows of one patch size (configs `p32`, `p64`, `p128`). Images are stored in physical
+non-overlapping windows of one patch size (configs `p32`, `p64`, `p128`): training windows on the paper's
+grid (whole windows inside the area), validation and test windows covering their whole area, padded where
+they leave it, so that scores count every valid pixel of the area exactly once at every patch size. Images are stored in physical
 units (S2 digital numbers, slope in degrees, DEM in metres); normalisation statistics computed on the
 training windows are stored in the dataset's `metadata.json` and applied when reading.
 """
@@ -20,7 +22,13 @@ from landslide_jax import constants
 from landslide_jax.data import normalization, patching, scene as scene_lib, site_inputs, split
 from landslide_jax.errors import InputError
 
-VERSION = tfds.core.Version("1.0.0")
+VERSION = tfds.core.Version("1.1.0")
+RELEASE_NOTES = {
+    "1.0.0": "First release: paper channels, 3:2 split, validation block.",
+    "1.1.0": "Validation and test windows cover their whole area (zero-padded at its edges, valid = 0 "
+             "outside it), so every valid pixel is scored once; metadata: valid_pixels per area, "
+             "s2_add_offset.",
+}
 FILE_FORMAT = "array_record"
 
 
@@ -85,7 +93,7 @@ class SiteBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   SITE: ClassVar[str]
   VERSION = VERSION
-  RELEASE_NOTES = {"1.0.0": "First release: paper channels, 3:2 split, validation block."}
+  RELEASE_NOTES = RELEASE_NOTES
   BUILDER_CONFIGS = [make_config(p) for p in constants.PATCH_SIZES]
   DEFAULT_CONFIG_NAME = "p128"
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -111,7 +119,8 @@ class SiteBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     labels = split.split_train_test(scene.valid, scene.test_area, config.test_fraction,
                                     config.validation_fraction, min_validation_lines=config.patch)
     grids = {
-        name: patching.patch_grid(labels, scene.valid, code, config.patch, config.max_nodata_fraction)
+        name: (patching.patch_grid(labels, scene.valid, code, config.patch, config.max_nodata_fraction)
+               if code == split.TRAIN else patching.cover_grid(labels, scene.valid, code, config.patch))
         for code, name in split.AREA_NAMES.items()
     }
     for name, grid in grids.items():
@@ -123,19 +132,24 @@ class SiteBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     stats = normalization.channel_stats(grids["train"].windows(scene.image), train_valid,
                                         scene.channels)
     self.info.metadata.update(self._metadata(scene, labels, grids, stats))
-    return {name: self._generate_examples(scene, grid) for name, grid in grids.items()}
+    return {name: self._generate_examples(scene, grid, labels == code)
+            for code, name in split.AREA_NAMES.items() for grid in (grids[name],)}
 
   def _metadata(self, scene, labels, grids, stats) -> dict:
     config: SitePatchConfig = self.builder_config
     areas = {}
     for code, name in split.AREA_NAMES.items():
       grid = grids[name]
-      valid = grid.windows(scene.valid)
+      area_valid = scene.valid & (labels == code)
+      valid = grid.windows(area_valid)
       masks = grid.windows(scene.landslides)
       rows, cols = np.nonzero(labels == code)
       r0, c0 = int(rows.min()), int(cols.min())
       areas[name] = {
           "patches": len(grid),
+          # Valid pixels of the area; the windows hold all of them for validation and test.
+          "valid_pixels": int(area_valid.sum()),
+          "windows": "paper grid" if code == split.TRAIN else "area cover",
           "dropped_nodata": grid.dropped_nodata,
           "dropped_boundary": grid.dropped_boundary,
           "landslide_share": _share(masks, valid),
@@ -147,6 +161,7 @@ class SiteBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "title": constants.SITES[self.SITE].title,
         "source": scene.source,
         "input_hash": scene.input_hash,
+        "s2_add_offset": scene.s2_add_offset,
         "patch": config.patch,
         "channels": list(scene.channels),
         "normalization": stats.to_json(),
@@ -162,13 +177,18 @@ class SiteBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "areas": areas,
     }
 
-  def _generate_examples(self, scene: scene_lib.Scene, grid: patching.PatchGrid):
+  def _generate_examples(self, scene: scene_lib.Scene, grid: patching.PatchGrid,
+                         in_area: np.ndarray):
+    # Pixels outside the area (and past the scene edge) are blanked and invalid: a test window carries
+    # neither the image nor the labels of the training area next to it.
     p = grid.patch
     for r, c in zip(grid.rows.tolist(), grid.cols.tolist()):
+      keep = patching.cut_window(scene.valid & in_area, r, c, p)
       yield f"{r}_{c}", {
-          "image": np.ascontiguousarray(np.moveaxis(scene.image[:, r:r + p, c:c + p], 0, -1)),
-          "mask": scene.landslides[r:r + p, c:c + p, None],
-          "valid": scene.valid[r:r + p, c:c + p, None].astype(np.uint8),
+          "image": np.ascontiguousarray(np.moveaxis(patching.cut_window(scene.image, r, c, p) * keep,
+                                                    0, -1)),
+          "mask": (patching.cut_window(scene.landslides, r, c, p) * keep)[..., None].astype(np.uint8),
+          "valid": keep[..., None].astype(np.uint8),
           "row": r,
           "col": c,
           "site": self.SITE,

@@ -36,7 +36,8 @@ class Landslide4sense(tfds.core.GeneratorBasedBuilder):
   """Landslide4Sense (Ghorbanzadeh et al. 2022) in the landslide_jax feature layout."""
 
   VERSION = site_builder.VERSION
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "metadata: valid_pixels per split (scores cover every valid pixel)."}
   BUILDER_CONFIGS = [make_config(p) for p in constants.PATCH_SIZES]
   DEFAULT_CONFIG_NAME = "p128"
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -58,18 +59,20 @@ class Landslide4sense(tfds.core.GeneratorBasedBuilder):
     splits, origin = l4s.plan_splits(root)
     areas, train_images, train_valid = {}, [], []
     for name, images in splits.items():
-      slide_pixels = valid_pixels = 0
+      slide_pixels = labelled_pixels = valid_pixels = 0
       for im in images:
         image, valid = l4s.read_image(im.image, config.channels)
+        valid_pixels += int(valid.sum())
         if im.mask is not None:
           slide_pixels += int(l4s.read_mask(im.mask)[valid].sum())
-          valid_pixels += int(valid.sum())
+          labelled_pixels += int(valid.sum())
         if name == "train":
           train_images.append(np.moveaxis(image, -1, 0))
           train_valid.append(valid)
       areas[name] = {"patches": len(images) * len(l4s.tiles(config.patch)), "origin": origin[name],
                      "images": [im.image_id for im in images], "dropped_nodata": 0,
-                     "landslide_share": slide_pixels / max(valid_pixels, 1)}
+                     "valid_pixels": valid_pixels,
+                     "landslide_share": slide_pixels / max(labelled_pixels, 1)}
     # Normalisation from the training images only, over their valid pixels.
     stats = normalization.channel_stats(np.stack(train_images), np.stack(train_valid), config.channels)
     self.info.metadata.update({
