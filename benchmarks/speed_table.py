@@ -15,7 +15,6 @@ Install the peer first: pip install -r benchmarks/requirements.txt (torch==2.13.
 from __future__ import annotations
 
 import argparse
-import functools
 import platform
 import resource
 import sys
@@ -43,7 +42,8 @@ def _jax_batch(batch: int, patch: int, devices: int) -> dict:
   per = batch // devices
   return {"image": rng.normal(size=(devices, per, patch, patch, CHANNELS)).astype(np.float32),
           "mask": (rng.random((devices, per, patch, patch, 1)) < 0.05).astype(np.uint8),
-          "valid": np.ones((devices, per, patch, patch, 1), np.uint8)}
+          "valid": np.ones((devices, per, patch, patch, 1), np.uint8),
+          "weight": np.ones((devices, per, patch, patch, 1), np.float32)}
 
 
 def jax_train(name: str, patch: int, batch: int, steps: int) -> tuple[float, float, int]:
@@ -52,12 +52,12 @@ def jax_train(name: str, patch: int, batch: int, steps: int) -> tuple[float, flo
   model = create_model(name, **({"axis_name": train.AXIS} if name == "resunet" else {}))
   state = train.create_train_state(jax.random.key(0), model, (1, patch, patch, CHANNELS), config)
   params = sum(x.size for x in jax.tree.leaves(state.params))
-  step = jax.pmap(functools.partial(train.train_step, pos_weight=1.0), axis_name=train.AXIS)
+  step = jax.pmap(train.train_step, axis_name=train.AXIS)
   data = jax.device_put(_jax_batch(batch, patch, jax.local_device_count()))
   replicated = train.replicate(state)
   flops = float("nan")
   try:
-    single = jax.jit(jax.vmap(functools.partial(train.train_step, pos_weight=1.0), axis_name=train.AXIS))
+    single = jax.jit(jax.vmap(train.train_step, axis_name=train.AXIS))
     one = jax.tree.map(lambda x: jnp.asarray(x)[None], state)
     cost = single.lower(one, _jax_batch(batch, patch, 1)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -10,7 +10,6 @@ data-parallel wrapper costs at this batch size. Compilation is excluded (one war
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ def _batch(batch: int, patch: int, channels: int, devices: int) -> dict:
   per = batch // devices
   return {"image": rng.normal(size=(devices, per, patch, patch, channels)).astype(np.float32),
           "mask": (rng.random((devices, per, patch, patch, 1)) < 0.05).astype(np.uint8),
-          "valid": np.ones((devices, per, patch, patch, 1), np.uint8)}
+          "valid": np.ones((devices, per, patch, patch, 1), np.uint8),
+          "weight": np.ones((devices, per, patch, patch, 1), np.float32)}
 
 
 def _time(step, state, batch, steps: int) -> float:
@@ -58,12 +58,12 @@ def main() -> None:
       kwargs = {"axis_name": train.AXIS} if name == "resunet" else {}
       state = train.create_train_state(jax.random.key(0), create_model(name, **kwargs),
                                        (1, patch, patch, 5), config)
-      pmapped = jax.pmap(functools.partial(train.train_step, pos_weight=1.0), axis_name=train.AXIS)
+      pmapped = jax.pmap(train.train_step, axis_name=train.AXIS)
       t_pmap = _time(pmapped, train.replicate(state),
                      _batch(args.batch, patch, 5, devices), args.steps)
       # The peer: same step, one device, jit only. vmap with axis_name gives the collectives a
       # size-1 axis to run on, so the function is unchanged.
-      single = jax.jit(jax.vmap(functools.partial(train.train_step, pos_weight=1.0),
+      single = jax.jit(jax.vmap(train.train_step,
                                 axis_name=train.AXIS))
       t_jit = _time(single, jax.tree.map(lambda x: jnp.asarray(x)[None], state),
                     _batch(args.batch, patch, 5, 1), args.steps)

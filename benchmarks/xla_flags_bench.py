@@ -23,7 +23,7 @@ CANDIDATES = {
 }
 
 _CHILD = """
-import functools, sys, time
+import sys, time
 sys.path.insert(0, {root!r})
 import jax, numpy as np
 from landslide_jax import train
@@ -35,8 +35,9 @@ state = train.replicate(train.create_train_state(jax.random.key(0), model, (1, p
 rng = np.random.default_rng(0)
 data = {{"image": rng.normal(size=(1, batch, patch, patch, 5)).astype(np.float32),
          "mask": (rng.random((1, batch, patch, patch, 1)) < 0.05).astype(np.uint8),
-         "valid": np.ones((1, batch, patch, patch, 1), np.uint8)}}
-step = jax.pmap(functools.partial(train.train_step, pos_weight=1.0), axis_name=train.AXIS)
+         "valid": np.ones((1, batch, patch, patch, 1), np.uint8),
+         "weight": np.ones((1, batch, patch, patch, 1), np.float32)}}
+step = jax.pmap(train.train_step, axis_name=train.AXIS)
 state, out = step(state, data); jax.block_until_ready(out)
 start = time.perf_counter()
 for _ in range(steps):

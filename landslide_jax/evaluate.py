@@ -23,7 +23,7 @@ from flax import jax_utils
 from flax.training import early_stopping
 from jax import lax
 
-from landslide_jax import constants, files, input_pipeline, metrics, prepare, train
+from landslide_jax import constants, files, input_pipeline, metrics, train
 from landslide_jax.data import normalization, patching, raster_io
 from landslide_jax.errors import InputError
 
@@ -71,7 +71,12 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
   saved = json.loads(config_path.read_text())
   flags = dict(saved["flags"])
   flags["channels"] = tuple(flags["channels"])
-  config = train.TrainConfig(**flags)
+  try:
+    config = train.TrainConfig(**flags)
+  except TypeError:
+    raise InputError(config_path, "was written by another version of landslide_jax (its options "
+                     "differ from this version's)", "retrain in a new --workdir with this version"
+                     ) from None
   if "normalization" not in saved:
     raise InputError(config_path, "has no normalisation statistics (written by an older version)",
                      "re-run python -m launch.train in that workdir")
@@ -229,7 +234,7 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
   """Scores a run's checkpoint on its test sets and writes `<workdir>/eval/metrics.json` and maps."""
   run = load_run(workdir, checkpoint)
   config = run.config
-  data_dir = data_dir or config.data_dir or os.fspath(prepare.default_data_dir())
+  data_dir = train.dataset_root(config, data_dir)
   threshold = config.threshold if threshold is None else threshold
   valid_sets = input_pipeline.test_sets(config.scenario)
   test_sets = tuple(test_sets or valid_sets)
@@ -249,16 +254,17 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
     raw = input_pipeline.load_test_data(name, config.patch, config.channels, data_dir, stats=None)
     data = raw.normalized(run.stats)
     probs, counts = predict_split(run, data, threshold)
-    per_site[name] = (counts, probs, data)
+    expected = metadata["areas"]["test"]["valid_pixels"]
+    per_site[name] = (counts, probs, data, expected)
     if name in test_sets:
-      results[name] = metrics.report(counts)
+      results[name] = metrics.report(counts, expected)
       if sweep_thresholds:
         sweeps[name] = threshold_table(probs, data)
       if write_maps and metadata.get("grid"):
         maps[name] = write_site_maps(out_dir, name, probs, data, metadata, threshold, raw)
   if "all" in test_sets:
     total = sum(per_site[s][0] for s in constants.SITE_NAMES)
-    results["all"] = metrics.report(total)
+    results["all"] = metrics.report(total, sum(per_site[s][3] for s in constants.SITE_NAMES))
     if sweep_thresholds:
       merged = input_pipeline.SplitData.concatenate([per_site[s][2] for s in constants.SITE_NAMES])
       sweeps["all"] = threshold_table(np.concatenate([per_site[s][1] for s in constants.SITE_NAMES]),

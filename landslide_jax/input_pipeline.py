@@ -96,6 +96,15 @@ def scenario_normalization(scenario: str, patch: int, channels: tuple[str, ...],
       for site in SCENARIOS[scenario]])
 
 
+def area_pixels(test_set: str, split: str, patch: int, channels: tuple[str, ...],
+                data_dir: str | os.PathLike) -> int:
+  """Valid pixels of a split's area (a site, or every site for 'all'), from the datasets' metadata: what
+  a score over the whole area must have counted."""
+  sites = constants.SITE_NAMES if test_set == "all" else (test_set,)
+  return sum(int(normalization.read_metadata(dataset_dir(site, patch, channels, data_dir))
+                 ["areas"][split]["valid_pixels"]) for site in sites)
+
+
 def load_training_data(scenario: str, patch: int, channels: tuple[str, ...],
                        data_dir: str | os.PathLike,
                        stats: normalization.ChannelStats) -> dict[str, SplitData]:
@@ -115,13 +124,6 @@ def load_test_data(test_set: str, patch: int, channels: tuple[str, ...], data_di
   return data if stats is None else data.normalized(stats)
 
 
-def positive_weight(data: SplitData) -> float:
-  """Class-balancing weight of landslide pixels: #background / #landslide over valid pixels."""
-  valid = data.valid.astype(bool)
-  positives = int(data.mask[valid].sum())
-  return float((valid.sum() - positives) / max(positives, 1))
-
-
 def process_shard(n: int, process_index: int, process_count: int) -> np.ndarray:
   """Indices of the examples this process reads: a contiguous, near-equal shard (like
   `tfds.split_for_jax_process`), so hosts never read the same example."""
@@ -130,7 +132,7 @@ def process_shard(n: int, process_index: int, process_count: int) -> np.ndarray:
 
 
 def num_batches(n: int, global_batch: int, process_count: int = 1) -> int:
-  """Batches per epoch: every example once; the last batch is padded (with valid = 0)."""
+  """Batches per epoch: every example once; the last batch is padded (with valid = 0 and weight 0)."""
   local = global_batch // process_count
   largest_shard = -(-n // process_count)
   return max(1, -(-largest_shard // local))
@@ -160,18 +162,26 @@ def batch_plan(n: int, global_batch: int, num_devices: int, *, shuffle: bool, se
   return padded.reshape(shape), keep.reshape(shape)
 
 
-def gather(data: SplitData, indices: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
-  """The examples at `indices` (any leading shape); `valid` is zeroed where `keep` is False."""
+def gather(data: SplitData, indices: np.ndarray, keep: np.ndarray,
+           weight: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """The examples at `indices` (any leading shape), with their loss weight map.
+
+  `valid` and `weight` are zeroed where `keep` is False: a padding example (a copy of example 0 that only
+  keeps shapes static) then counts in no loss, no score and no BatchNorm statistic. `weight` is the
+  split's per-pixel loss weight (N, P, P, 1) (`loss_weights.weight_maps`), or None for `valid` itself.
+  """
   valid = data.valid[indices]
   valid[~keep] = 0
-  return {"image": data.image[indices], "mask": data.mask[indices], "valid": valid}
+  pixel_weight = valid.astype(np.float32) if weight is None else weight[indices] * valid
+  return {"image": data.image[indices], "mask": data.mask[indices], "valid": valid,
+          "weight": pixel_weight}
 
 
 def batches(data: SplitData, global_batch: int, num_devices: int, *, shuffle: bool, seed: int = 0,
-            epoch: int = 0, process_index: int = 0, process_count: int = 1
-            ) -> Iterator[dict[str, np.ndarray]]:
+            epoch: int = 0, process_index: int = 0, process_count: int = 1,
+            weight: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Yields this process's batches, shaped (num_devices, per_device, ...) for pmap (see `batch_plan`)."""
   indices, keep = batch_plan(len(data), global_batch, num_devices, shuffle=shuffle, seed=seed,
                              epoch=epoch, process_index=process_index, process_count=process_count)
   for step_indices, step_keep in zip(indices, keep):
-    yield gather(data, step_indices, step_keep)
+    yield gather(data, step_indices, step_keep, weight)

@@ -21,6 +21,7 @@ from landslide_jax.errors import InputError
 PREPARABLE = constants.SITE_NAMES + ("landslide4sense",)
 DEMO_SEED = 0
 DEMO_DIRNAME = "landslide_jax_demo_raw"
+DEMO_DATASETS_DIRNAME = "landslide_jax_demo"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,17 @@ def demo_manual_dir(data_dir: str | os.PathLike, sites: tuple[str, ...], scale: 
         file=sys.stderr, flush=True)
   demo.write_demo_sites(out, sites=sites, scale=scale, seed=DEMO_SEED)
   return out
+
+
+def datasets_dir(data_dir: str | os.PathLike, manual_dir: str | os.PathLike | None,
+                 demo_scale: float) -> Path:
+  """Where datasets are written: `data_dir` for real inputs; for the built-in demo scenes (no
+  `manual_dir`) a folder of their own per demo scale, so switching `--demo_scale` just works and demo
+  datasets never collide with datasets of real scenes."""
+  data_dir = Path(data_dir).expanduser()
+  if manual_dir is not None:
+    return data_dir
+  return data_dir / DEMO_DATASETS_DIRNAME / f"scale{demo_scale:g}-seed{DEMO_SEED}"
 
 
 def _built(path: Path) -> bool:
@@ -97,8 +109,10 @@ def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir:
     if metadata.get("input_hash") == current_hash:
       return PreparedDataset(site, patch, target, metadata, rebuilt=False)
     if not overwrite:
+      # Named as a command: launch.train and launch.sweep reach here too, and have no --overwrite.
       raise InputError(target, "dataset was built from different raw inputs",
-                       "pass --overwrite to rebuild it, or use another --data_dir")
+                       f"rebuild it with python -m launch.prepare --site={site} --patch={patch} "
+                       "--overwrite (same --data_dir and --manual_dir), or use another --data_dir")
 
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   created = not data_dir.exists()
@@ -139,12 +153,13 @@ def prepare(sites: tuple[str, ...], patches: tuple[int, ...], data_dir: str | os
             max_nodata_fraction: float = constants.MAX_NODATA_FRACTION) -> list[PreparedDataset]:
   """Builds every (site, patch) dataset; uses the synthetic demo scenes when `manual_dir` is None."""
   data_dir = Path(data_dir) if data_dir else default_data_dir()
+  root = datasets_dir(data_dir, manual_dir, demo_scale)
   if manual_dir is None:
     manual_dir = demo_manual_dir(data_dir, tuple(sites), demo_scale)
   prepared = []
   for site in sites:
     for patch in patches:
-      result = prepare_site(site, patch, data_dir, manual_dir, channels, overwrite,
+      result = prepare_site(site, patch, root, manual_dir, channels, overwrite,
                             max_nodata_fraction)
       verb = "built" if result.rebuilt else "up to date"
       print(f"{site} p{patch}: {verb} at {result.path}", flush=True)

@@ -24,10 +24,6 @@ from landslide_jax.errors import InputError
 SCENARIO_ORDER = ("all", "taiwan", "china", "japan")
 MODEL_NAMES = {"unet": "U-Net", "resunet": "ResU-Net"}
 TEST_SETS = constants.SITE_NAMES + ("all",)
-# Options that make two runs different experiments; a finished run made with others is not reused.
-_RUN_OPTIONS = ("scenario", "patch", "model", "channels", "batch_size", "learning_rate", "max_epochs",
-                "patience", "min_delta", "seed", "pos_weight", "class_balanced", "threshold",
-                "demo_scale", "manual_dir", "compute_dtype")
 
 
 def run_dir(workdir_root: str | os.PathLike, scenario: str, model: str, patch: int) -> Path:
@@ -35,22 +31,19 @@ def run_dir(workdir_root: str | os.PathLike, scenario: str, model: str, patch: i
 
 
 def _finished(config: train.TrainConfig) -> dict | None:
-  """metrics.json of a run already done with the same options, else None (raises if options differ)."""
-  workdir = config.resolved_workdir()
-  metrics_path, config_path = workdir / "metrics.json", workdir / "config.json"
-  if not config_path.is_file():
+  """metrics.json of a run already done with these options, else None (to train or resume it).
+
+  The same check as `launch.train` refuses a folder made with other options (`train.check_run_matches`);
+  a finished run whose stopping rule (max_epochs, patience) differs is resumed, not skipped.
+  """
+  saved = train.check_run_matches(config)
+  metrics_path = config.resolved_workdir() / "metrics.json"
+  if saved is None or not metrics_path.is_file():
     return None
-  saved = json.loads(config_path.read_text())["flags"]
   wanted = dataclasses.asdict(config)
-  differ = [k for k in _RUN_OPTIONS if k in saved and _norm(saved[k]) != _norm(wanted[k])]
-  if differ:
-    raise InputError(workdir, f"was made with other options ({', '.join(f'{k}={saved[k]}' for k in differ)})",
-                     "use another --workdir for this sweep, or delete that run folder")
-  return json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
-
-
-def _norm(value):
-  return list(value) if isinstance(value, (list, tuple)) else value
+  if any(saved["flags"].get(k) != wanted[k] for k in train.RESUMABLE_OPTIONS):
+    return None
+  return json.loads(metrics_path.read_text())
 
 
 def run_grid(scenarios: tuple[str, ...], patches: tuple[int, ...], models: tuple[str, ...],
@@ -95,35 +88,90 @@ def scenario_table(results: dict, scenario: str, patches, models) -> tuple[str, 
 
 
 def mean_f1(results: dict, scenario=None, model=None, patch=None, tests=constants.SITE_NAMES) -> float:
-  """Mean F1 over the runs matching the filters and the given test sets (NaN when none)."""
+  """Mean F1 over the runs matching the filters and the given test sets.
+
+  A run not in `results` simply does not count: the mean is over the runs present, and NaN (never 0)
+  when no run matches. Figures draw a NaN as an absent bar marked "n/a"; tables print it as "n/a".
+  """
   values = [r["test"][t]["f1"] for (s, m, p), r in results.items()
             if (scenario is None or s == scenario) and (model is None or m == model)
             and (patch is None or p == patch) for t in tests]
   return float(np.mean(values)) if values else float("nan")
 
 
-def _bar_chart(path: Path, groups: list[str], series: dict[str, list[float]], title: str,
+def _subset(results: dict, scenarios=None, patches=None, models=None) -> dict:
+  """The runs of `results` inside the grid (None: any scenario / patch / model)."""
+  return {(s, m, p): r for (s, m, p), r in results.items()
+          if (scenarios is None or s in scenarios) and (patches is None or p in patches)
+          and (models is None or m in models)}
+
+
+def fig10_data(results: dict, scenarios, models, patches=None) -> dict[str, dict[str, dict[str, float]]]:
+  """Fig. 10 of the paper: scenario -> model -> test set (TEST_SETS) -> F1, the mean over patch sizes.
+
+  Only the runs with a patch size in `patches` count (all when None). A cell without any run is NaN.
+  """
+  runs = _subset(results, patches=patches)
+  return {s: {m: {t: mean_f1(runs, scenario=s, model=m, tests=(t,)) for t in TEST_SETS} for m in models}
+          for s in scenarios}
+
+
+def fig11_data(results: dict, models, patches, scenarios=None) -> dict[str, dict[int, float]]:
+  """Fig. 11 of the paper: model -> patch size -> F1, the mean over the training scenarios (those in
+  `scenarios`; all when None) and the three sites' test areas. A cell without any run is NaN."""
+  runs = _subset(results, scenarios=scenarios)
+  return {m: {p: mean_f1(runs, model=m, patch=p) for p in patches} for m in models}
+
+
+def _draw_bars(ax, groups: list[str], series: dict[str, list[float]]) -> None:
+  """Grouped bars with their values on top; a NaN is no bar, marked "n/a" (not a bar of height 0)."""
+  width = 0.8 / max(len(series), 1)
+  for i, (name, values) in enumerate(series.items()):
+    x = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
+    heights = np.asarray(values, dtype=float)
+    present = ~np.isnan(heights)
+    bars = ax.bar(x[present], heights[present], width, label=name, color=f"C{i}")
+    ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    for xi in x[~present]:
+      ax.text(xi, 0.01, "n/a", ha="center", va="bottom", fontsize=8, color=f"C{i}")
+  ax.set_xticks(np.arange(len(groups)), groups)
+  ax.set_xlim(-0.5, len(groups) - 0.5)  # the same groups, whichever bars are absent
+  ax.set_ylim(0, 1.05)
+  ax.grid(axis="y", alpha=0.3)
+  ax.set_axisbelow(True)
+
+
+def _bar_chart(path: Path, groups: list[str], panels: dict[str, dict[str, list[float]]], title: str,
                xlabel: str) -> None:
+  """One bar-chart panel per item of `panels` (panel title -> series name -> one value per group)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-  width = 0.8 / max(len(series), 1)
-  for i, (name, values) in enumerate(series.items()):
-    ax.bar(np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width, values, width, label=name)
-  ax.set_xticks(np.arange(len(groups)), groups)
-  ax.set_ylim(0, 1)
-  ax.set_ylabel("mean F1")
-  ax.set_xlabel(xlabel)
-  ax.set_title(title)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
+  ncols = 1 if len(panels) == 1 else 2
+  nrows = -(-len(panels) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 3.6 * nrows + 0.6), dpi=110,
+                           sharey=True, squeeze=False)
+  for ax, (panel, series) in zip(axes.flat, panels.items()):
+    _draw_bars(ax, groups, series)
+    ax.set_title(panel, fontsize=10)
+    ax.set_xlabel(xlabel)
+  for ax in axes[:, 0]:
+    ax.set_ylabel("mean F1")
+  for ax in list(axes.flat)[len(panels):]:
+    ax.set_visible(False)
+  handles, labels = axes.flat[0].get_legend_handles_labels()
+  if not handles:  # the first panel may have no bar at all
+    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{i}") for i in range(len(next(iter(panels.values()))))]
+    labels = list(next(iter(panels.values())))
+  fig.suptitle(title, fontsize=11)
+  fig.legend(handles, labels, loc="lower center", fontsize=9, ncols=len(labels), frameon=False)
+  fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
   fig.savefig(path)
   plt.close(fig)
 
 
 def transferability(results: dict, scenarios) -> np.ndarray:
-  """Train scenario x test site mean F1 (over models and patch sizes)."""
+  """Train scenario x test site mean F1 (over models and patch sizes); NaN where no run was trained."""
   return np.array([[mean_f1(results, scenario=s, tests=(t,)) for t in TEST_SETS] for s in scenarios])
 
 
@@ -132,14 +180,14 @@ def _heat_map(path: Path, matrix: np.ndarray, scenarios) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, ax = plt.subplots(figsize=(5, 3.8), dpi=110)
-  image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+  image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")  # a NaN cell is left blank
   ax.set_xticks(range(len(TEST_SETS)), TEST_SETS)
   ax.set_yticks(range(len(scenarios)), scenarios)
   ax.set_xlabel("tested on")
   ax.set_ylabel("trained on")
   for i in range(matrix.shape[0]):
     for j in range(matrix.shape[1]):
-      ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center",
+      ax.text(j, i, _fmt(matrix[i, j], 2), ha="center", va="center",
               color="white" if matrix[i, j] < 0.5 else "black", fontsize=9)
   fig.colorbar(image, ax=ax, label="mean F1")
   ax.set_title("Transferability (mean F1 over models and patch sizes)")
@@ -148,8 +196,16 @@ def _heat_map(path: Path, matrix: np.ndarray, scenarios) -> None:
   plt.close(fig)
 
 
+def _scenario_label(scenario: str) -> str:
+  return f"scenario {SCENARIO_ORDER.index(scenario) + 1}: trained on {scenario}"
+
+
 def write_results(results: dict, out: str | os.PathLike, scenarios, patches, models) -> list[Path]:
-  """Tables 4-7 (md, csv), Figs. 10-11, the transferability heat map and summary.md."""
+  """Tables 4-7 (md, csv), Figs. 10-11, the transferability heat map and summary.md.
+
+  Figs. 10 and 11 keep the models apart, as in the paper. A run missing from `results` leaves its
+  cells NaN: an absent bar marked "n/a" in the figures, "n/a" in the summary, never a 0.
+  """
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   written = []
@@ -163,39 +219,88 @@ def write_results(results: dict, out: str | os.PathLike, scenarios, patches, mod
     files.write_text_atomically(out / f"{stem}.csv", text)
     written += [out / f"{stem}.md", out / f"{stem}.csv"]
   ordered = [s for s in SCENARIO_ORDER if s in scenarios]
-  _bar_chart(out / "fig10_mean_f1_by_scenario.png", ordered,
-             {MODEL_NAMES[m]: [mean_f1(results, scenario=s, model=m) for s in ordered] for m in models},
-             "Mean F1 per scenario (Fig. 10)", "training scenario")
-  _bar_chart(out / "fig11_mean_f1_by_patch.png", [str(p) for p in patches],
-             {s: [mean_f1(results, scenario=s, patch=p) for p in patches] for s in ordered},
-             "Mean F1 per patch size (Fig. 11)", "patch size (px)")
-  matrix = transferability(results, ordered)
+  runs = _subset(results, scenarios=ordered, patches=patches, models=models)
+  fig10 = fig10_data(runs, ordered, models, patches)
+  _bar_chart(out / "fig10_mean_f1_by_scenario.png", list(TEST_SETS),
+             {_scenario_label(s): {MODEL_NAMES[m]: [fig10[s][m][t] for t in TEST_SETS] for m in models}
+              for s in ordered},
+             "Fig. 10 (Ghorbanzadeh et al. 2021): F1 per model, training scenario and test area "
+             "(mean over patch sizes)", "tested on")
+  fig11 = fig11_data(runs, models, patches, ordered)
+  _bar_chart(out / "fig11_mean_f1_by_patch.png", [f"{p} px" for p in patches],
+             {"": {MODEL_NAMES[m]: [fig11[m][p] for p in patches] for m in models}},
+             "Fig. 11 (Ghorbanzadeh et al. 2021): mean F1 per model and patch size\n"
+             "(over the training scenarios and the three sites' test areas)", "patch size")
+  matrix = transferability(runs, ordered)
   _heat_map(out / "transferability.png", matrix, ordered)
   written += [out / "fig10_mean_f1_by_scenario.png", out / "fig11_mean_f1_by_patch.png",
               out / "transferability.png"]
-  files.write_text_atomically(out / "summary.md", summary(results, ordered, patches, models, matrix))
+  files.write_text_atomically(out / "summary.md", summary(runs, ordered, patches, models, matrix))
   written.append(out / "summary.md")
   return written
 
 
+def _fmt(value: float, digits: int = 3) -> str:
+  return "n/a" if np.isnan(value) else f"{value:.{digits}f}"
+
+
+def _best(scores: dict) -> tuple:
+  """(key, score) of the highest score, NaNs ignored; (None, NaN) when all are NaN."""
+  present = {k: v for k, v in scores.items() if not np.isnan(v)}
+  if not present:
+    return None, float("nan")
+  key = max(present, key=present.get)
+  return key, present[key]
+
+
 def summary(results: dict, scenarios, patches, models, matrix: np.ndarray) -> str:
-  """Which model and which patch size win in each scenario, and the transferability matrix."""
+  """Which model and which patch size win in each scenario (best patch size also per model), the
+  numbers of Figs. 10 and 11, and the transferability matrix. Missing runs read "n/a"."""
   lines = ["# Sweep summary", "",
            "Mean F1 over the three sites' test areas. Winners per scenario:", "",
            "| scenario | best model (mean F1) | best patch size (mean F1) |", "|---|---|---|"]
   for s in scenarios:
-    by_model = {m: mean_f1(results, scenario=s, model=m) for m in models}
-    by_patch = {p: mean_f1(results, scenario=s, patch=p) for p in patches}
-    bm = max(by_model, key=lambda k: np.nan_to_num(by_model[k], nan=-1))
-    bp = max(by_patch, key=lambda k: np.nan_to_num(by_patch[k], nan=-1))
-    lines.append(f"| {s} | {MODEL_NAMES[bm]} ({by_model[bm]:.3f}) | {bp} px ({by_patch[bp]:.3f}) |")
+    bm, bm_f1 = _best({m: mean_f1(results, scenario=s, model=m) for m in models})
+    bp, bp_f1 = _best({p: mean_f1(results, scenario=s, patch=p) for p in patches})
+    model_cell = "n/a" if bm is None else f"{MODEL_NAMES[bm]} ({bm_f1:.3f})"
+    patch_cell = "n/a" if bp is None else f"{bp} px ({bp_f1:.3f})"
+    lines.append(f"| {s} | {model_cell} | {patch_cell} |")
+
+  fig11 = fig11_data(results, models, patches, scenarios)
+  lines += ["", "Best patch size per model (mean F1 over the three sites' test areas; the last row is "
+            "over all training scenarios, as Fig. 11):", "",
+            "| scenario | " + " | ".join(f"best patch for {MODEL_NAMES[m]} (mean F1)" for m in models) + " |",
+            "|---|" + "---|" * len(models)]
+  rows = [(s, {m: {p: mean_f1(results, scenario=s, model=m, patch=p) for p in patches} for m in models})
+          for s in scenarios] + [("all scenarios", fig11)]
+  for label, by_model in rows:
+    cells = []
+    for m in models:
+      bp, bp_f1 = _best(by_model[m])
+      cells.append("n/a" if bp is None else f"{bp} px ({bp_f1:.3f})")
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+  lines += ["", "Fig. 11: mean F1 per model and patch size (over the training scenarios and the three "
+            "sites' test areas):", "",
+            "| model \\ patch | " + " | ".join(f"{p} px" for p in patches) + " |",
+            "|---|" + "---|" * len(patches)]
+  for m in models:
+    lines.append(f"| {MODEL_NAMES[m]} | " + " | ".join(_fmt(fig11[m][p]) for p in patches) + " |")
+
+  fig10 = fig10_data(results, scenarios, models, patches)
+  lines += ["", "Fig. 10: F1 per training scenario, model and test area (mean over patch sizes):", "",
+            "| trained on | model | " + " | ".join(TEST_SETS) + " |", "|---|---|" + "---|" * len(TEST_SETS)]
+  for s in scenarios:
+    for m in models:
+      lines.append(f"| {s} | {MODEL_NAMES[m]} | " + " | ".join(_fmt(fig10[s][m][t]) for t in TEST_SETS) + " |")
+
   lines += ["", "Transferability: mean F1 (over models and patch sizes), trained on rows, tested on "
             "columns. Diagonal cells are in-site; off-diagonal cells measure transfer.", "",
             "| trained on \\ tested on | " + " | ".join(TEST_SETS) + " |",
             "|---|" + "---|" * len(TEST_SETS)]
   for s, row in zip(scenarios, matrix):
-    lines.append(f"| {s} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
-  lines += ["", "![transferability](transferability.png)", "",
+    lines.append(f"| {s} | " + " | ".join(_fmt(v) for v in row) + " |")
+  lines += ["", "Each mean is over the runs present: a cell without any run reads n/a (not 0).", "", "![transferability](transferability.png)", "",
             "![Fig. 10](fig10_mean_f1_by_scenario.png) ![Fig. 11](fig11_mean_f1_by_patch.png)", ""]
   return "\n".join(lines)
 

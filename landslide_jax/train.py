@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -27,7 +28,7 @@ from flax import jax_utils
 from flax.training import early_stopping, train_state
 from jax import lax
 
-from landslide_jax import constants, files, input_pipeline, metrics, prepare
+from landslide_jax import constants, files, input_pipeline, loss_weights, metrics, prepare
 from landslide_jax.data import normalization
 from landslide_jax.errors import InputError
 from landslide_jax.models import create_model
@@ -54,8 +55,10 @@ class TrainConfig:
   patience: int = 10
   min_delta: float = 0.0
   seed: int = 0
+  # Per-pixel loss weights (loss_weights.py): the paper's U-Net weight map, class balancing, or none.
+  loss_weights: str = "unet"
+  # Extra weight of landslide pixels, on top of `loss_weights`.
   pos_weight: float = 1.0
-  class_balanced: bool = False
   threshold: float = 0.5
   demo_scale: float = 1.0
   # Training steps per device dispatch (a lax.scan over batches of device-resident data); 0 = auto:
@@ -82,30 +85,43 @@ def create_train_state(rng: jax.Array, model, image_shape: tuple[int, ...],
                            batch_stats=variables.get("batch_stats"))
 
 
-def weighted_bce_sum(logits: jax.Array, mask: jax.Array, valid: jax.Array,
-                     pos_weight: float = 1.0) -> tuple[jax.Array, jax.Array]:
-  """Summed pixel BCE on logits (optax, stable) with landslide pixels weighted by `pos_weight`.
+def weighted_bce_sum(logits: jax.Array, mask: jax.Array, weight: jax.Array) -> jax.Array:
+  """Pixel BCE on logits (optax, stable) times the per-pixel loss `weight`, summed.
 
-  Pixels with valid == 0 contribute nothing. Returns (weighted loss sum, number of valid pixels).
+  `weight` is 0 on invalid pixels (nodata, clouds, padding), so they contribute nothing.
   """
-  truth = mask.astype(jnp.float32)
-  valid = valid.astype(jnp.float32)
-  weight = valid * (1.0 + (pos_weight - 1.0) * truth)
-  loss = optax.sigmoid_binary_cross_entropy(logits, truth)
-  return jnp.sum(loss * weight), jnp.sum(valid)
+  loss = optax.sigmoid_binary_cross_entropy(logits, mask.astype(jnp.float32))
+  return jnp.sum(loss * weight.astype(jnp.float32))
 
 
-def apply_model(state: TrainState, params, images, train: bool):
-  """Model logits; in training mode with BatchNorm also the updated `batch_stats` (else {})."""
+def pixel_weights(data: input_pipeline.SplitData, config: TrainConfig,
+                  class_weight: tuple[float, float] | None = None) -> np.ndarray:
+  """The loss weight map (N, P, P, 1) of a split: `config.loss_weights`, landslide pixels times
+  `config.pos_weight`, 0 where invalid. Precomputed once per run (masks do not change).
+
+  `class_weight` (background, landslide) is the training split's, so validation is weighted alike.
+  """
+  weight = loss_weights.weight_maps(data.mask, data.valid, config.loss_weights, class_weight)
+  if config.pos_weight != 1.0:
+    weight = weight * np.where(data.mask != 0, np.float32(config.pos_weight), np.float32(1.0))
+  return weight
+
+
+def apply_model(state: TrainState, params, images, train: bool, mask=None):
+  """Model logits; in training mode with BatchNorm also the updated `batch_stats` (else {}).
+
+  `mask` (N, H, W, 1): the pixels BatchNorm may take training statistics over (valid pixels of real
+  examples), so padding examples and nodata change no statistic.
+  """
   variables = {"params": params}
   if state.batch_stats is not None:
     variables["batch_stats"] = state.batch_stats
   if train and state.batch_stats is not None:
-    return state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
+    return state.apply_fn(variables, images, train=True, mask=mask, mutable=["batch_stats"])
   return state.apply_fn(variables, images, train=train), {}
 
 
-def train_step(state: TrainState, batch: dict, pos_weight: float) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
   """One Adam step on the global batch; runs under pmap with axis 'batch'.
 
   The loss is the weighted BCE summed over the *global* batch divided by the global number of valid
@@ -117,8 +133,8 @@ def train_step(state: TrainState, batch: dict, pos_weight: float) -> tuple[Train
   num_devices = lax.psum(1, AXIS)
 
   def loss_fn(params):
-    logits, updates = apply_model(state, params, batch["image"], train=True)
-    loss_sum, _ = weighted_bce_sum(logits, batch["mask"], batch["valid"], pos_weight)
+    logits, updates = apply_model(state, params, batch["image"], train=True, mask=batch["valid"])
+    loss_sum = weighted_bce_sum(logits, batch["mask"], batch["weight"])
     return loss_sum * num_devices / jnp.maximum(global_valid, 1.0), updates
 
   (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -130,16 +146,15 @@ def train_step(state: TrainState, batch: dict, pos_weight: float) -> tuple[Train
   return new_state, {"loss": lax.pmean(loss, AXIS)}
 
 
-def train_steps(state: TrainState, data: dict, indices: jax.Array, keep: jax.Array,
-                pos_weight: float) -> tuple[TrainState, jax.Array]:
+def train_steps(state: TrainState, data: dict, indices: jax.Array, keep: jax.Array
+                ) -> tuple[TrainState, jax.Array]:
   """Several `train_step`s in one dispatch: a `lax.scan` over batches gathered on device.
 
   Args:
     state: the (per-device) train state.
-    data: this device's copy of the training split: image, mask, valid (N, P, P, .).
+    data: this device's copy of the training split: image, mask, valid, weight (N, P, P, .).
     indices: (steps, per_device) example indices, from `input_pipeline.batch_plan`.
     keep: (steps, per_device) False for padding examples (their pixels count as invalid).
-    pos_weight: loss weight of landslide pixels.
 
   Returns:
     The state after the steps and each step's loss. Same batches, same arithmetic as calling
@@ -147,9 +162,11 @@ def train_steps(state: TrainState, data: dict, indices: jax.Array, keep: jax.Arr
   """
   def body(state, step):
     idx, kp = step
+    kp = kp[:, None, None, None]
     batch = {"image": data["image"][idx], "mask": data["mask"][idx],
-             "valid": data["valid"][idx] * kp[:, None, None, None].astype(data["valid"].dtype)}
-    state, out = train_step(state, batch, pos_weight)
+             "valid": data["valid"][idx] * kp.astype(data["valid"].dtype),
+             "weight": data["weight"][idx] * kp.astype(data["weight"].dtype)}
+    state, out = train_step(state, batch)
     return state, out["loss"]
   return lax.scan(body, state, (indices, keep))
 
@@ -171,25 +188,31 @@ def resolved_steps_per_dispatch(config: TrainConfig) -> int:
   return 1 if jax.default_backend() == "cpu" else 32
 
 
-def eval_step(state: TrainState, batch: dict, pos_weight: float, threshold: float) -> dict:
+def eval_step(state: TrainState, batch: dict, threshold: float) -> dict:
   """Loss sum, valid count and confusion counts of a batch, summed over devices (on device)."""
   logits, _ = apply_model(state, state.params, batch["image"], train=False)
-  loss_sum, count = weighted_bce_sum(logits, batch["mask"], batch["valid"], pos_weight)
+  loss_sum = weighted_bce_sum(logits, batch["mask"], batch["weight"])
+  count = jnp.sum(batch["valid"].astype(jnp.float32))
   counts = metrics.confusion_counts(logits, batch["mask"], batch["valid"], threshold)
   return lax.psum({"loss_sum": loss_sum, "count": count, "counts": counts}, AXIS)
 
 
-def evaluate(p_eval_step, state, data: input_pipeline.SplitData, config: TrainConfig) -> dict:
-  """Validation/test loss (mean over valid pixels) and metrics over a whole split."""
+def evaluate(p_eval_step, state, data: input_pipeline.SplitData, config: TrainConfig,
+             weight: np.ndarray | None = None, expected_pixels: int | None = None) -> dict:
+  """Loss (weighted by `weight`, or plain BCE; mean over valid pixels) and metrics over a whole split.
+
+  `expected_pixels`: the valid pixels of the area the split covers (dataset metadata); the result's
+  `coverage` is the share of them that was scored (1.0 when every pixel counted once).
+  """
   totals = None
   for batch in input_pipeline.batches(data, config.batch_size, jax.local_device_count(),
                                       shuffle=False, process_index=jax.process_index(),
-                                      process_count=jax.process_count()):
+                                      process_count=jax.process_count(), weight=weight):
     out = jax.tree.map(lambda x: np.asarray(x[0], np.float64), p_eval_step(state, batch))
     totals = out if totals is None else jax.tree.map(np.add, totals, out)
   # No cross-process gather: under multi-process pmap the axis spans every process's devices, so the
   # psum in eval_step already holds the global totals (gathering again counted them process_count times).
-  result = metrics.report(totals["counts"])
+  result = metrics.report(totals["counts"], expected_pixels)
   result["loss"] = float(totals["loss_sum"] / max(totals["count"], 1.0))
   return result
 
@@ -202,7 +225,7 @@ def _git_commit() -> str | None:
     return None
 
 
-def _run_config(config: TrainConfig, sources: dict[str, str]) -> dict:
+def _run_config(config: TrainConfig, datasets: dict[str, dict]) -> dict:
   import optax as _optax  # pylint: disable=import-outside-toplevel,reimported
   return {
       "flags": dataclasses.asdict(config),
@@ -212,7 +235,7 @@ def _run_config(config: TrainConfig, sources: dict[str, str]) -> dict:
                    "orbax-checkpoint": ocp.__version__ if hasattr(ocp, "__version__") else None,
                    "numpy": np.__version__},
       "git_commit": _git_commit(),
-      "dataset_source": sources,
+      "datasets": datasets,
       "devices": {"kind": jax.devices()[0].device_kind, "platform": jax.default_backend(),
                   "local_count": jax.local_device_count(), "global_count": jax.device_count(),
                   "process_count": jax.process_count()},
@@ -238,6 +261,8 @@ def check_config(config: TrainConfig) -> None:
   from landslide_jax.models import MODELS  # pylint: disable=import-outside-toplevel
   if config.model not in MODELS:
     bad("model", config.model, MODELS)
+  if config.loss_weights not in loss_weights.LOSS_WEIGHTS:
+    bad("loss_weights", config.loss_weights, loss_weights.LOSS_WEIGHTS)
   devices = jax.local_device_count() * jax.process_count()
   if config.batch_size <= 0 or config.batch_size % devices:
     raise InputError(None, f"--batch_size={config.batch_size} does not divide by the {devices} devices",
@@ -252,13 +277,33 @@ def check_config(config: TrainConfig) -> None:
                      "check the flag values")
 
 
-def ensure_datasets(config: TrainConfig) -> dict[str, str]:
-  """Builds missing datasets (demo scenes without --manual_dir); returns each dataset's source."""
-  data_dir = Path(config.data_dir) if config.data_dir else prepare.default_data_dir()
+def dataset_root(config: TrainConfig, data_dir: str | os.PathLike | None = None) -> Path:
+  """Where the run's datasets live: `data_dir` (else the run's --data_dir, else TFDS's default), in the
+  demo scale's own folder when the run uses the built-in demo scenes (`prepare.datasets_dir`)."""
+  base = data_dir or config.data_dir or prepare.default_data_dir()
+  return prepare.datasets_dir(base, config.manual_dir, config.demo_scale)
+
+
+def dataset_names(config: TrainConfig) -> list[str]:
+  """Every dataset a run reads: its training scenario's sites and its test sets' sites."""
   names = set(input_pipeline.SCENARIOS[config.scenario])
   for test_set in input_pipeline.test_sets(config.scenario):
     names.update(constants.SITE_NAMES if test_set == "all" else (test_set,))
-  names = sorted(names)
+  return sorted(names)
+
+
+def _dataset_record(metadata: dict) -> dict:
+  """What identifies a dataset a run used (saved in config.json, compared on resume)."""
+  return {"source": metadata["source"], "input_hash": metadata["input_hash"],
+          "s2_add_offset": metadata.get("s2_add_offset")}
+
+
+def ensure_datasets(config: TrainConfig) -> dict[str, dict]:
+  """Builds missing datasets (demo scenes without --manual_dir); returns each dataset's record
+  (source, input hash, Sentinel-2 offset used)."""
+  base = Path(config.data_dir) if config.data_dir else prepare.default_data_dir()
+  root = dataset_root(config)
+  names = dataset_names(config)
   manual_dir = config.manual_dir
   if manual_dir is None and "landslide4sense" in names:
     raise InputError(None, "--scenario=landslide4sense needs --manual_dir",
@@ -267,33 +312,110 @@ def ensure_datasets(config: TrainConfig) -> dict[str, str]:
   # once could replace a folder another one is reading.
   if jax.process_index() == 0:
     if manual_dir is None:
-      manual_dir = prepare.demo_manual_dir(data_dir, tuple(names), config.demo_scale)
+      manual_dir = prepare.demo_manual_dir(base, tuple(names), config.demo_scale)
     for name in names:
-      done = prepare.prepare_site(name, config.patch, data_dir, manual_dir, config.channels)
+      done = prepare.prepare_site(name, config.patch, root, manual_dir, config.channels)
       if done.rebuilt:
         print(f"prepared dataset {name} p{config.patch} at {done.path}", flush=True)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("landslide_jax:datasets_ready")
-  return {name: normalization.read_metadata(
-      input_pipeline.dataset_dir(name, config.patch, config.channels, data_dir))["source"]
-          for name in names}
+  return {name: _dataset_record(normalization.read_metadata(
+      input_pipeline.dataset_dir(name, config.patch, config.channels, root))) for name in names}
+
+
+# Options that may differ when a run is resumed: the stopping rule may grow. Where the run and its data
+# live and how steps are dispatched do not change what is computed (the datasets' identity is checked by
+# their input hash instead).
+RESUMABLE_OPTIONS = ("max_epochs", "patience")
+_LOCATION_OPTIONS = ("workdir", "data_dir", "manual_dir", "steps_per_dispatch")
+
+
+def _as_saved(value):
+  return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_run_matches(config: TrainConfig) -> dict | None:
+  """The saved config.json of `config`'s workdir, checked to be the same experiment; None if there is
+  no run there yet.
+
+  One check for `launch.train` (resuming) and `launch.sweep` (skipping or resuming): a workdir whose
+  saved options (all but `RESUMABLE_OPTIONS` and where things live) differ, or whose datasets were since
+  rebuilt from other raw inputs, is refused, so a run is never scored or continued under another
+  experiment's name.
+
+  Raises:
+    InputError: the workdir holds another experiment, or a config.json this version cannot read.
+  """
+  workdir = config.resolved_workdir()
+  path = workdir / "config.json"
+  if not path.is_file():
+    return None
+  try:
+    saved = json.loads(path.read_text())
+    flags, datasets = saved["flags"], saved["datasets"]
+  except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+    raise InputError(path, "is not a config.json this version of landslide_jax wrote",
+                     "pass another --workdir, or delete that run folder to start over") from None
+  wanted = dataclasses.asdict(config)
+  differ = [k for k in wanted if k not in RESUMABLE_OPTIONS + _LOCATION_OPTIONS
+            and _as_saved(flags.get(k)) != _as_saved(wanted[k])]
+  if differ:
+    raise InputError(workdir, "holds a run made with other options ("
+                     + ", ".join(f"{k}={flags.get(k)!r}, now {wanted[k]!r}" for k in differ) + ")",
+                     "pass another --workdir, or delete that run folder to start over")
+  root = dataset_root(config)
+  for name, record in datasets.items():
+    metadata_path = input_pipeline.dataset_dir(name, config.patch, config.channels, root)
+    if not (metadata_path / "metadata.json").is_file():
+      continue  # not built (yet); ensure_datasets builds it, and this check runs again after
+    current = normalization.read_metadata(metadata_path)["input_hash"]
+    if current != record.get("input_hash"):
+      raise InputError(workdir, f"was trained on a {name} dataset built from other raw inputs than "
+                       f"the one in {metadata_path}",
+                       "pass another --workdir, or the --data_dir/--manual_dir the run was made with")
+  return saved
+
+
+def update_early_stopping(stopper: early_stopping.EarlyStopping, val_loss: float
+                          ) -> early_stopping.EarlyStopping:
+  """`flax.training.early_stopping` with two corrections.
+
+  - Stops after `patience` epochs without improvement (Keras's meaning, and the flag's help): flax sets
+    `should_stop` one update later, after `patience + 1`.
+  - A non-finite validation loss is no improvement: flax would take NaN as the first best value, and
+    then nothing could ever compare better.
+  """
+  if math.isfinite(val_loss):
+    stopper = stopper.update(val_loss)
+  else:
+    stopper = stopper.replace(patience_count=stopper.patience_count + 1, has_improved=False)
+  return stopper.replace(should_stop=stopper.should_stop or (
+      not stopper.has_improved and stopper.patience_count >= stopper.patience))
+
+
+def _finite_val_loss(metrics_: dict) -> float:
+  # orbax orders checkpoints by this; NaN compares false both ways and breaks the ordering, so a
+  # diverged epoch could displace the best checkpoint.
+  value = float(metrics_["val_loss"])
+  return value if math.isfinite(value) else math.inf
 
 
 def checkpoint_manager(workdir: Path) -> ocp.CheckpointManager:
-  # Keep the latest (to resume) and the best by validation loss (to evaluate). best_fn with max_to_keep
-  # would delete the latest when it is not among the best, so use a preservation policy instead.
+  """Keeps the latest checkpoint (to resume) and the one of the lowest finite validation loss (to
+  evaluate). best_fn with max_to_keep would delete the latest when it is not among the best, so a
+  preservation policy keeps both."""
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(n=1),
-      ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1),
+      ocp.checkpoint_managers.BestN(get_metric_fn=_finite_val_loss, reverse=True, n=1),
   ])
-  options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: m["val_loss"],
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_finite_val_loss,
                                          best_mode="min", create=True, enable_async_checkpointing=False)
   return ocp.CheckpointManager((workdir / CHECKPOINT_DIR).resolve(), options=options)
 
 
 def checkpoint_item(state: TrainState, epoch: int, stopper: early_stopping.EarlyStopping,
-                     pos_weight: float) -> dict:
+                    pos_weight: float) -> dict:
   return {"state": jax.device_get(state), "epoch": epoch, "pos_weight": pos_weight,
           "early_stopping": {"best_metric": stopper.best_metric,
                              "patience_count": stopper.patience_count,
@@ -344,17 +466,21 @@ def train_and_evaluate(config: TrainConfig) -> dict:
 
   check_config(config)
   workdir = config.resolved_workdir()
-  data_dir = config.data_dir or os.fspath(prepare.default_data_dir())
-  sources = ensure_datasets(config)
+  check_run_matches(config)  # before building anything: another experiment's folder is refused now
+  data_dir = dataset_root(config)
+  datasets = ensure_datasets(config)
+  check_run_matches(config)  # and against the datasets as built
   # Only now: bad raw inputs must not leave an empty run folder behind.
   workdir.mkdir(parents=True, exist_ok=True)
   stats = input_pipeline.scenario_normalization(config.scenario, config.patch, config.channels, data_dir)
   # The statistics travel with the run: evaluation and prediction normalise exactly as training did.
-  _write_json(workdir / "config.json", {**_run_config(config, sources), "normalization": stats.to_json()})
+  _write_json(workdir / "config.json", {**_run_config(config, datasets), "normalization": stats.to_json()})
   data = input_pipeline.load_training_data(config.scenario, config.patch, config.channels, data_dir,
                                            stats)
-  pos_weight = (input_pipeline.positive_weight(data["train"]) if config.class_balanced
-                else config.pos_weight)
+  # Loss weight maps, once per run: class weights from the training split, applied to validation too.
+  class_weight = loss_weights.class_weights(data["train"].mask, data["train"].valid)
+  weights = {split: pixel_weights(data[split], config, class_weight) for split in data}
+  pos_weight = config.pos_weight
 
   model = build_model(config)
   state = create_train_state(jax.random.key(config.seed), model,
@@ -372,21 +498,18 @@ def train_and_evaluate(config: TrainConfig) -> dict:
                               should_stop=bool(es["should_stop"]))
     print(f"resuming from epoch {start_epoch} in {workdir}", flush=True)
 
-  p_train_step = jax.pmap(functools.partial(train_step, pos_weight=pos_weight), axis_name=AXIS,
-                          donate_argnums=(0,))
-  p_eval_step = jax.pmap(functools.partial(eval_step, pos_weight=pos_weight,
-                                           threshold=config.threshold), axis_name=AXIS)
+  p_train_step = jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,))
+  p_eval_step = jax.pmap(functools.partial(eval_step, threshold=config.threshold), axis_name=AXIS)
   per_dispatch = resolved_steps_per_dispatch(config)
   if per_dispatch > 1:
     # The training split stays on the device; each dispatch only sends indices.
-    p_train_steps = jax.pmap(functools.partial(train_steps, pos_weight=pos_weight), axis_name=AXIS,
-                             donate_argnums=(0,))
+    p_train_steps = jax.pmap(train_steps, axis_name=AXIS, donate_argnums=(0,))
     train_split = data["train"]
     resident = replicate({"image": train_split.image, "mask": train_split.mask,
-                                    "valid": train_split.valid})
+                          "valid": train_split.valid, "weight": weights["train"]})
   logger = _Logger(workdir, start_epoch)
   replicated = replicate(state)
-  epoch = start_epoch
+  epoch, diverged = start_epoch, None
   while epoch < config.max_epochs and not stopper.should_stop:
     epoch += 1
     start = time.time()
@@ -399,8 +522,8 @@ def train_and_evaluate(config: TrainConfig) -> dict:
     losses = []
     if per_dispatch == 1:
       for step_indices, step_keep in zip(indices, keep):
-        replicated, out = p_train_step(replicated,
-                                       input_pipeline.gather(data["train"], step_indices, step_keep))
+        replicated, out = p_train_step(replicated, input_pipeline.gather(
+            data["train"], step_indices, step_keep, weights["train"]))
         losses.append(out["loss"][0])
         bar.update(1)
     else:
@@ -413,8 +536,16 @@ def train_and_evaluate(config: TrainConfig) -> dict:
         bar.update(indices[:, chunk].shape[1])
     bar.close()
     train_loss = float(np.mean([np.asarray(l) for l in losses]))
-    val = evaluate(p_eval_step, replicated, data["validation"], config)
-    stopper = stopper.update(val["loss"])
+    if not math.isfinite(train_loss):
+      # A diverged model is not saved: the latest checkpoint stays the last sound epoch, and the best
+      # one is what gets scored.
+      diverged = epoch
+      if jax.process_index() == 0:
+        print(f"epoch {epoch:3d}  train_loss {train_loss}: training diverged; stopping with the best "
+              f"checkpoint (lower --learning_rate to train further)", flush=True)
+      break
+    val = evaluate(p_eval_step, replicated, data["validation"], config, weights["validation"])
+    stopper = update_early_stopping(stopper, val["loss"])
     record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
               "val_precision": val["precision"], "val_recall": val["recall"], "val_f1": val["f1"],
               "seconds": round(time.time() - start, 2)}
@@ -430,9 +561,17 @@ def train_and_evaluate(config: TrainConfig) -> dict:
   logger.close()
   if stopper.should_stop and jax.process_index() == 0:
     print(f"early stopping after epoch {epoch} (best val_loss {stopper.best_metric:.4f})", flush=True)
+  if not math.isfinite(stopper.best_metric):
+    manager.close()
+    raise InputError(workdir, "no epoch reached a finite validation loss"
+                     + (f" (training diverged at epoch {diverged})" if diverged else ""),
+                     "lower --learning_rate, check the inputs for extreme values, and retrain in a new "
+                     "--workdir")
 
   result = evaluate_checkpoint(config, manager, state, stopper, pos_weight, stats, p_eval_step,
                                data_dir)
+  if diverged is not None:
+    result["stopped"] = f"training loss non-finite at epoch {diverged}"
   _write_json(workdir / "metrics.json", result)
   manager.close()
   if jax.process_index() == 0:  # every process has the same scores; one table in the job log
@@ -442,7 +581,7 @@ def train_and_evaluate(config: TrainConfig) -> dict:
 
 def evaluate_checkpoint(config, manager, template_state, stopper, pos_weight, stats, p_eval_step,
                         data_dir) -> dict:
-  """Scores the best checkpoint on each test set."""
+  """Scores the best checkpoint on each test set, with each set's coverage of its test area."""
   best = manager.best_step()
   restored = manager.restore(best, args=ocp.args.StandardRestore(
       checkpoint_item(template_state, 0, stopper, pos_weight)))
@@ -450,9 +589,11 @@ def evaluate_checkpoint(config, manager, template_state, stopper, pos_weight, st
   tests = {}
   for test_set in input_pipeline.test_sets(config.scenario):
     data = input_pipeline.load_test_data(test_set, config.patch, config.channels, data_dir, stats)
-    tests[test_set] = evaluate(p_eval_step, replicated, data, config)
+    expected = input_pipeline.area_pixels(test_set, "test", config.patch, config.channels, data_dir)
+    tests[test_set] = evaluate(p_eval_step, replicated, data, config, expected_pixels=expected)
   return {"scenario": config.scenario, "model": config.model, "patch": config.patch,
-          "best_epoch": int(best), "threshold": config.threshold, "test": tests}
+          "best_epoch": int(best), "threshold": config.threshold,
+          "loss_weights": config.loss_weights, "test": tests}
 
 
 def format_test_table(result: dict) -> str:

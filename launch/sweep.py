@@ -16,6 +16,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Raw inputs; omit for the demo scenes.")
 _DEMO_SCALE = flags.DEFINE_float("demo_scale", 1.0, "Area of the demo scenes relative to the paper's sites.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of every run.")
+_LOSS_WEIGHTS = flags.DEFINE_string("loss_weights", "unet", "Pixel loss weights of every run: unet | class | none.")
 
 
 def main(argv):
@@ -24,7 +25,8 @@ def main(argv):
       scenarios=_SCENARIOS.value, patches=_PATCHES.value, models=_MODELS.value, out=_OUT.value,
       workdir_root=_WORKDIR.value, base=train.TrainConfig(
           max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value, data_dir=_DATA_DIR.value,
-          manual_dir=_MANUAL_DIR.value, demo_scale=_DEMO_SCALE.value, seed=_SEED.value)))
+          manual_dir=_MANUAL_DIR.value, demo_scale=_DEMO_SCALE.value, seed=_SEED.value,
+          loss_weights=_LOSS_WEIGHTS.value)))
 
 
 if __name__ == "__main__":

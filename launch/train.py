@@ -21,8 +21,10 @@ _MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 200, "Upper bound on epochs.")
 _PATIENCE = flags.DEFINE_integer("patience", 10, "Epochs without validation-loss improvement before stopping.")
 _MIN_DELTA = flags.DEFINE_float("min_delta", 0.0, "Smallest validation-loss decrease counted as improvement.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of initialisation and data order.")
-_POS_WEIGHT = flags.DEFINE_float("pos_weight", 1.0, "Loss weight of landslide pixels.")
-_CLASS_BALANCED = flags.DEFINE_bool("class_balanced", False, "Weight landslide pixels by #background/#landslide.")
+_LOSS_WEIGHTS = flags.DEFINE_string(
+    "loss_weights", "unet", "Pixel loss weights: unet (the paper's: class balance + border term of "
+    "Ronneberger et al. 2015) | class (class balance only) | none.")
+_POS_WEIGHT = flags.DEFINE_float("pos_weight", 1.0, "Extra loss weight of landslide pixels (x loss_weights).")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Probability threshold for the landslide class.")
 _DEMO_SCALE = flags.DEFINE_float("demo_scale", 1.0, "Area of the demo scenes relative to the paper's sites.")
 _STEPS_PER_DISPATCH = flags.DEFINE_integer(
@@ -38,7 +40,7 @@ def main(argv):
       data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value, channels=_CHANNELS.value,
       batch_size=_BATCH.value, learning_rate=_LR.value, max_epochs=_MAX_EPOCHS.value,
       patience=_PATIENCE.value, min_delta=_MIN_DELTA.value, seed=_SEED.value,
-      pos_weight=_POS_WEIGHT.value, class_balanced=_CLASS_BALANCED.value, threshold=_THRESHOLD.value,
+      pos_weight=_POS_WEIGHT.value, loss_weights=_LOSS_WEIGHTS.value, threshold=_THRESHOLD.value,
       demo_scale=_DEMO_SCALE.value, steps_per_dispatch=_STEPS_PER_DISPATCH.value,
       compute_dtype=_COMPUTE_DTYPE.value))
 

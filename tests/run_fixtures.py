@@ -34,7 +34,7 @@ SIGNAL_DN = 3000
 # Options of every run of these tests. Batch 2 and a class-balanced loss at lr 3e-4 learn the boxes in
 # about 12 epochs on 10 training patches (F1 ~0.9); lr 1e-3 diverges, and an unweighted loss collapses
 # to "no landslide". Keeping them equal in all three files lets the compilation cache serve every run.
-RUN_OPTIONS = dict(patch=PATCH, model="unet", batch_size=2, learning_rate=3e-4, class_balanced=True,
+RUN_OPTIONS = dict(patch=PATCH, model="unet", batch_size=2, learning_rate=3e-4, loss_weights="class",
                    patience=10, seed=1)
 
 

@@ -22,6 +22,7 @@ from landslide_jax import constants, prepare
 from landslide_jax.data import inventory, landslide4sense, raster_io
 from landslide_jax.errors import InputError
 from tests.conftest import ORIGIN, ROOT, SITE_CRS, pixel_box, write_dem, write_polygons, write_s2
+from tfds_builders import site_builder
 
 SHAPE = (200, 600)  # the smallest scene that yields windows in all three areas at patch 32
 PATCH = 32
@@ -43,7 +44,7 @@ def _assert_clean(data_dir: Path, before: set[str]) -> None:
   """No staging folder, no half-built dataset: the data dir holds exactly what it held before."""
   after = _snapshot(data_dir)
   assert not [p for p in after if Path(p).name.startswith(".staging-")], after
-  assert not [p for p in after - before if p.endswith("1.0.0")], after
+  assert not [p for p in after - before if p.endswith(str(site_builder.VERSION))], after
   assert after == before, f"left behind: {sorted(after - before)}"
 
 
@@ -362,7 +363,10 @@ def test_existing_dataset_survives(make_site, tmp_path):
 
   # Changed inputs without --overwrite: refused, old dataset untouched.
   write_s2(site / "s2.tif", SHAPE, seed=1)
-  _expect_input_error(_build(site, data_dir), data_dir, "china/p32/1.0.0", "--overwrite")
+  # The fix is a command that exists: launch.train and launch.sweep, which reach here too, have no
+  # --overwrite of their own.
+  _expect_input_error(_build(site, data_dir), data_dir, f"china/p32/{site_builder.VERSION}",
+                      "python -m launch.prepare --site=china --patch=32 --overwrite")
   assert json.loads((first.path / "metadata.json").read_text())["input_hash"] == first.metadata["input_hash"]
 
   # --overwrite with broken inputs: the new build fails, the old dataset is still there and readable.

@@ -420,8 +420,8 @@ def test_resunet_under_pmap_uses_cross_device_batch_statistics():
       np.testing.assert_allclose(replica, want, rtol=1e-4, atol=1e-5)
 
   # With a single CPU device the comparison above cannot tell whether the statistics cross devices, so
-  # check the traced program: each of the 20 BatchNorms averages over the axis (flax 0.12 pmeans mean
-  # and mean of squares together: one psum per BatchNorm).
+  # check the traced program: each of the 20 BatchNorms averages over the axis (models.layers.BatchNorm
+  # sums count, sum and sum of squares together: one psum per BatchNorm).
   jaxpr = str(jax.make_jaxpr(train, axis_env=[("batch", n)])(variables, x[:2]))
   assert jaxpr.count("psum[axes=('batch',)") == 20
   eval_jaxpr = str(jax.make_jaxpr(lambda v, xb: model.apply(v, xb, train=False),

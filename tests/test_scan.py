@@ -3,8 +3,6 @@ steps of the per-step loop: same batches, same parameters after N steps (within 
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import numpy as np
 import optax
@@ -40,16 +38,19 @@ def test_scanned_steps_equal_per_step_loop(name):
     # its own root-mean-square and turns that noise into steps of +-lr, so two exact-in-theory orders of
     # float operations drift by ~lr. SGD keeps the comparison about the loop, not about Adam's noise.
     state = state.replace(tx=optax.sgd(0.05), opt_state=optax.sgd(0.05).init(state.params))
-  step = jax.pmap(functools.partial(train.train_step, pos_weight=2.0), axis_name=train.AXIS)
-  steps = jax.pmap(functools.partial(train.train_steps, pos_weight=2.0), axis_name=train.AXIS)
-  resident = train.replicate({"image": data.image, "mask": data.mask, "valid": data.valid})
+  step = jax.pmap(train.train_step, axis_name=train.AXIS)
+  steps = jax.pmap(train.train_steps, axis_name=train.AXIS)
+  # Landslide pixels weigh 2: the loss weight map travels with the batches on both paths.
+  weight = (data.valid * (1.0 + data.mask)).astype(np.float32)
+  resident = train.replicate({"image": data.image, "mask": data.mask, "valid": data.valid,
+                              "weight": weight})
 
   looped, scanned = train.replicate(state), train.replicate(state)
   looped_losses, scanned_losses = [], []
   for epoch in (1, 2):  # 6 steps; dispatches of 4 then 2 cross the epoch boundary differently
     indices, keep = input_pipeline.batch_plan(len(data), 4, 1, shuffle=True, seed=3, epoch=epoch)
     for idx, kp in zip(indices, keep):
-      looped, out = step(looped, input_pipeline.gather(data, idx, kp))
+      looped, out = step(looped, input_pipeline.gather(data, idx, kp, weight))
       looped_losses.append(float(out["loss"][0]))
     indices, keep = indices.transpose(1, 0, 2), keep.transpose(1, 0, 2)
     for first in range(0, indices.shape[1], 2):

@@ -159,20 +159,32 @@ def test_unfinished_run_resumes_from_its_checkpoint(env, swept, capsys):
   assert _text_files(out) == texts  # the tables were written again, with the same scores
 
 
-@pytest.mark.parametrize("option, value, saved", [("max_epochs", 2, "max_epochs=1"),
-                                                   ("compute_dtype", "bfloat16", "compute_dtype=float32")])
+@pytest.mark.parametrize("option, value, saved", [
+    ("compute_dtype", "bfloat16", "compute_dtype='float32', now 'bfloat16'"),
+    ("loss_weights", "unet", "loss_weights='class', now 'unet'")])
 def test_run_made_with_other_options_is_refused(env, swept, monkeypatch, option, value, saved):
   monkeypatch.setattr(train, "train_and_evaluate", lambda config: pytest.fail("must not train"))
   with pytest.raises(InputError) as err:
     _sweep(env, env.root / "other", dataclasses.replace(env.base, **{option: value}))
   assert err.value.path == str(_run_dir(env, "china"))
-  assert f"was made with other options ({saved})" in str(err.value)
-  assert "use another --workdir" in str(err.value)
+  assert f"holds a run made with other options ({saved})" in str(err.value)
+  assert "pass another --workdir" in str(err.value)
   assert not (env.root / "other").exists()
 
 
+def test_finished_run_with_a_longer_stopping_rule_is_resumed_not_refused(env, swept, monkeypatch):
+  # max_epochs and patience may grow (the same check as launch.train): the run goes back to training,
+  # which resumes it from its checkpoints, instead of being skipped as finished or refused.
+  handed = []
+  monkeypatch.setattr(train, "train_and_evaluate",
+                      lambda config: handed.append(config.resolved_workdir()) or
+                      run_fixtures.read_json(config.resolved_workdir() / "metrics.json"))
+  _sweep(env, env.root / "longer", dataclasses.replace(env.base, max_epochs=2))
+  assert sorted(handed) == sorted(_run_dir(env, s) for s in SCENARIOS)
+
+
 def test_cli_refuses_runs_made_with_other_options(env, swept, tmp_path):
-  # launch.sweep's defaults (batch 4, lr 1e-3, no class balancing) differ from these runs' options.
+  # launch.sweep's defaults (batch 4, lr 1e-3, U-Net loss weights) differ from these runs' options.
   proc = subprocess.run(
       [sys.executable, "-m", "launch.sweep", "--scenarios=china,japan", "--patches=32", "--models=unet",
        "--max_epochs=1", "--seed=1", f"--workdir={env.runs}", f"--out={tmp_path / 'out'}",
@@ -181,8 +193,9 @@ def test_cli_refuses_runs_made_with_other_options(env, swept, tmp_path):
   assert proc.returncode == 2, proc.stderr[-3000:]
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1, proc.stderr
-  assert lines[0].startswith(f"error: {_run_dir(env, 'china')}: was made with other options (batch_size=2, ")
-  assert "use another --workdir" in lines[0]
+  assert lines[0].startswith(f"error: {_run_dir(env, 'china')}: holds a run made with other options "
+                             "(batch_size=2, now 4, ")
+  assert "pass another --workdir" in lines[0]
 
 
 def test_bad_grid_values_are_refused(env):
@@ -230,3 +243,106 @@ def test_transferability_known_answer():
   np.testing.assert_allclose(matrix[0], [0.2, 2.3 / 3, 0.7 / 3, 0.4])
   np.testing.assert_allclose(matrix[1], [0.0, 0.2, 0.7, 0.3])
   assert np.isnan(matrix[2]).all()  # no run trained on Taiwan
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Figs. 10 and 11 per model, and the summary (no training)
+
+
+def _scores(f1: float, **by_test: float) -> dict:
+  """A metrics.json of one run: F1 `f1` on every test set unless given in `by_test`."""
+  return {"test": {t: {"precision": 0.5, "recall": 0.5, "f1": by_test.get(t, f1)} for t in sweep.TEST_SETS}}
+
+
+def test_fig10_data_known_answer():
+  results = {("china", "unet", 32): _scores(0.2, japan=0.0), ("china", "unet", 64): _scores(0.4, japan=0.1),
+             ("china", "resunet", 32): _scores(0.6), ("china", "resunet", 64): _scores(0.8, all=1.0),
+             ("japan", "unet", 32): _scores(0.5)}
+  data = sweep.fig10_data(results, ("china", "japan"), ("unet", "resunet"))
+  assert list(data) == ["china", "japan"] and list(data["china"]) == ["unet", "resunet"]
+  assert list(data["china"]["unet"]) == list(sweep.TEST_SETS)
+  # Mean over the patch sizes, per model and per test set.
+  assert data["china"]["unet"] == pytest.approx({"taiwan": 0.3, "china": 0.3, "japan": 0.05, "all": 0.3})
+  assert data["china"]["resunet"] == pytest.approx({"taiwan": 0.7, "china": 0.7, "japan": 0.7, "all": 0.8})
+  assert data["japan"]["unet"] == pytest.approx(dict.fromkeys(sweep.TEST_SETS, 0.5))
+  # No ResU-Net run trained on Japan: NaN, not 0.
+  assert all(math.isnan(v) for v in data["japan"]["resunet"].values())
+  # Only the patch sizes asked for count.
+  only_64 = sweep.fig10_data(results, ("china",), ("unet",), patches=(64,))
+  assert only_64["china"]["unet"] == pytest.approx({"taiwan": 0.4, "china": 0.4, "japan": 0.1, "all": 0.4})
+
+
+def test_fig11_data_known_answer():
+  results = {("china", "unet", 32): _scores(0.2), ("china", "unet", 64): _scores(0.4),
+             ("china", "resunet", 32): _scores(0.6), ("china", "resunet", 64): _scores(0.8),
+             ("japan", "unet", 32): _scores(0.4, taiwan=0.1, all=0.9),
+             ("taiwan", "unet", 32): _scores(0.9)}  # a scenario outside the grid below
+  data = sweep.fig11_data(results, ("unet", "resunet"), (32, 64, 128), ("china", "japan"))
+  assert list(data) == ["unet", "resunet"] and list(data["unet"]) == [32, 64, 128]
+  # Over the scenarios and the three sites' test areas (not the "all" test set).
+  assert data["unet"][32] == pytest.approx((0.2 * 3 + 0.1 + 0.4 + 0.4) / 6)
+  assert data["unet"][64] == pytest.approx(0.4)
+  assert data["resunet"][32] == pytest.approx(0.6)
+  assert data["resunet"][64] == pytest.approx(0.8)
+  # No run at 128 px: NaN, not 0.
+  assert math.isnan(data["unet"][128]) and math.isnan(data["resunet"][128])
+  # Without a scenario list every scenario counts.
+  assert sweep.fig11_data(results, ("unet",), (32,))["unet"][32] == pytest.approx((0.6 + 0.9 + 0.9 * 3) / 9)
+
+
+# Two scenarios x three patch sizes x two models, one run missing (china, ResU-Net, 128 px). As in the
+# paper, U-Net is best at 128 px and ResU-Net at 64 px.
+F1_BY_RUN = {("taiwan", "unet", 32): 0.2, ("taiwan", "unet", 64): 0.4, ("taiwan", "unet", 128): 0.6,
+             ("taiwan", "resunet", 32): 0.5, ("taiwan", "resunet", 64): 0.9, ("taiwan", "resunet", 128): 0.7,
+             ("china", "unet", 32): 0.1, ("china", "unet", 64): 0.2, ("china", "unet", 128): 0.4,
+             ("china", "resunet", 32): 0.3, ("china", "resunet", 64): 0.8}
+GRID = (("taiwan", "china"), (32, 64, 128), ("unet", "resunet"))
+
+
+def test_write_results_draws_per_model_figures_and_names_the_best_patch_per_model(tmp_path):
+  results = {run: _scores(f1) for run, f1 in F1_BY_RUN.items()}
+  written = sweep.write_results(results, tmp_path, *GRID)
+  for name in FIGURES:
+    assert tmp_path / name in written
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    image = matplotlib.image.imread(tmp_path / name)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, name
+  lines = (tmp_path / "summary.md").read_text().splitlines()
+  # Best patch size per model: per scenario, then over the scenarios (Fig. 11).
+  assert "| scenario | best patch for U-Net (mean F1) | best patch for ResU-Net (mean F1) |" in lines
+  assert "| taiwan | 128 px (0.600) | 64 px (0.900) |" in lines
+  assert "| china | 128 px (0.400) | 64 px (0.800) |" in lines
+  assert "| all scenarios | 128 px (0.500) | 64 px (0.850) |" in lines
+  # Fig. 11's numbers (model x patch) and Fig. 10's (scenario x model x test set).
+  assert "| model \\ patch | 32 px | 64 px | 128 px |" in lines
+  assert "| U-Net | 0.150 | 0.300 | 0.500 |" in lines
+  assert "| ResU-Net | 0.400 | 0.850 | 0.700 |" in lines
+  assert "| trained on | model | taiwan | china | japan | all |" in lines
+  assert "| taiwan | U-Net | 0.400 | 0.400 | 0.400 | 0.400 |" in lines
+  assert "| china | ResU-Net | 0.550 | 0.550 | 0.550 | 0.550 |" in lines  # the 128 px run is missing
+  # The winners table and the transferability section are still there.
+  assert "| taiwan | ResU-Net (0.700) | 64 px (0.650) |" in lines
+  assert "| trained on \\ tested on | taiwan | china | japan | all |" in lines
+  assert f"| china | {(0.7 + 1.1) / 5:.3f} | " in "\n".join(lines)
+
+
+def test_missing_runs_read_nan_and_do_not_crash(tmp_path):
+  results = {run: _scores(f1) for run, f1 in F1_BY_RUN.items() if run[0] == "taiwan" and run[1] == "unet"}
+  scenarios, patches, models = GRID
+  fig10 = sweep.fig10_data(results, scenarios, models, patches)
+  assert all(math.isnan(v) for v in fig10["taiwan"]["resunet"].values())
+  assert all(math.isnan(v) for m in models for v in fig10["china"][m].values())
+  assert fig10["taiwan"]["unet"]["japan"] == pytest.approx(0.4)
+  fig11 = sweep.fig11_data(results, models, patches, scenarios)
+  assert all(math.isnan(v) for v in fig11["resunet"].values())
+  assert fig11["unet"] == pytest.approx({32: 0.2, 64: 0.4, 128: 0.6})
+  sweep.write_results(results, tmp_path, *GRID)
+  for name in FIGURES:
+    assert matplotlib.image.imread(tmp_path / name).ndim == 3, name
+  lines = (tmp_path / "summary.md").read_text().splitlines()
+  assert "| china | n/a | n/a |" in lines  # no winner where nothing ran
+  assert "| taiwan | 128 px (0.600) | n/a |" in lines
+  assert "| ResU-Net | n/a | n/a | n/a |" in lines
+  assert "| china | U-Net | n/a | n/a | n/a | n/a |" in lines
+  assert "| china | n/a | n/a | n/a | n/a |" in lines  # transferability row
+  assert not any("nan" in ln or "0.000" in ln for ln in lines)

@@ -46,10 +46,13 @@ def equivalence_batch(num_examples: int = 4, size: int = 16, channels: int = 5) 
   valid = np.zeros((num_examples, size, size, 1), np.uint8)
   for k, rows in enumerate((size, size // 2, 3, 0)[:num_examples]):
     valid[k, :rows] = 1
+  mask = (rng.random((num_examples, size, size, 1)) < 0.3).astype(np.uint8)
   return {
       "image": rng.normal(size=(num_examples, size, size, channels)).astype(np.float32),
-      "mask": (rng.random((num_examples, size, size, 1)) < 0.3).astype(np.uint8),
+      "mask": mask,
       "valid": valid,
+      # Landslide pixels weigh 3 in the loss.
+      "weight": (valid * np.where(mask == 1, 3.0, 1.0)).astype(np.float32),
   }
 
 
@@ -110,9 +113,8 @@ def pmap_equivalence() -> dict:
     outs = {}
     for n in (4, 1):
       local = devices[:n]
-      step = jax.pmap(functools.partial(train.train_step, pos_weight=3.0), axis_name=train.AXIS,
-                      devices=local)
-      evaluate = jax.pmap(functools.partial(train.eval_step, pos_weight=3.0, threshold=0.5),
+      step = jax.pmap(train.train_step, axis_name=train.AXIS, devices=local)
+      evaluate = jax.pmap(functools.partial(train.eval_step, threshold=0.5),
                           axis_name=train.AXIS, devices=local)
       shaped = {k: v.reshape(n, 4 // n, *v.shape[1:]) for k, v in batch.items()}
       new, out = step(jax_utils.replicate(state, local), shaped)

@@ -13,7 +13,10 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+from landslide_jax.models.layers import BatchNorm
 
 
 class ResidualUnit(nn.Module):
@@ -28,18 +31,19 @@ class ResidualUnit(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    # BatchNorm statistics are averaged over devices under pmap (axis_name), so a model trained on N
-    # devices sees the same statistics as on one device with the same global batch.
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+  def __call__(self, x, train: bool, mask: jax.Array | None = None):
+    # BatchNorm statistics are summed over devices under pmap (axis_name), so a model trained on N
+    # devices sees the same statistics as on one device with the same global batch; `mask` keeps
+    # padding examples and nodata pixels out of them.
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, axis_name=self.axis_name, dtype=self.dtype)
     conv = functools.partial(nn.Conv, self.features, (3, 3), padding="SAME", dtype=self.dtype)
-    y = x if self.first else nn.relu(norm()(x))
+    y = x if self.first else nn.relu(norm()(x, mask))
     y = conv(strides=(self.strides, self.strides))(y)
-    y = conv()(nn.relu(norm()(y)))
+    y = conv()(nn.relu(norm()(y, mask)))
     shortcut = nn.Conv(self.features, (1, 1), strides=(self.strides, self.strides),
                        dtype=self.dtype)(x)
-    return y + norm()(shortcut)
+    return y + norm()(shortcut, mask)
 
 
 class ResUNet(nn.Module):
@@ -50,16 +54,18 @@ class ResUNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, mask: jax.Array | None = None):
+    """Logits of `x`. `mask` (N, H, W, 1), 0/1: the pixels BatchNorm takes training statistics over
+    (valid pixels of real examples); None counts every pixel."""
     unit = functools.partial(ResidualUnit, axis_name=self.axis_name, dtype=self.dtype)
     skips = []
     for i, features in enumerate(self.encoder):
-      x = unit(features, strides=1 if i == 0 else 2, first=i == 0)(x, train)
+      x = unit(features, strides=1 if i == 0 else 2, first=i == 0)(x, train, mask)
       skips.append(x)
-    x = unit(self.bridge, strides=2)(x, train)
+    x = unit(self.bridge, strides=2)(x, train, mask)
     for features, skip in zip(reversed(self.encoder), reversed(skips)):
       x = nn.ConvTranspose(features, (2, 2), strides=(2, 2), dtype=self.dtype)(x)
       x = jnp.concatenate([x, skip], axis=-1)
-      x = unit(features)(x, train)
+      x = unit(features)(x, train, mask)
     x = nn.Conv(1, (1, 1), dtype=self.dtype)(x)
     return x.astype(jnp.float32)

@@ -26,8 +26,8 @@ class UNet(nn.Module):
     return x
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    del train  # no batch norm or dropout: same function in training and evaluation
+  def __call__(self, x, train: bool = False, mask=None):
+    del train, mask  # no batch norm or dropout: same function in training and evaluation
     skips = []
     for features in self.features:
       x = self._double_conv(x, features)
