@@ -16,7 +16,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Raw inputs; omit for the demo scenes.")
 _DEMO_SCALE = flags.DEFINE_float("demo_scale", 1.0, "Area of the demo scenes relative to the paper's sites.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of every run.")
-_LOSS_WEIGHTS = flags.DEFINE_string("loss_weights", "unet", "Pixel loss weights of every run: unet | class | none.")
+_LOSS_WEIGHTS = flags.DEFINE_string("loss_weights", "none", "Pixel loss weights of every run: none | class | unet.")
 
 
 def main(argv):

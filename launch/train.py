@@ -22,8 +22,9 @@ _PATIENCE = flags.DEFINE_integer("patience", 10, "Epochs without validation-loss
 _MIN_DELTA = flags.DEFINE_float("min_delta", 0.0, "Smallest validation-loss decrease counted as improvement.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of initialisation and data order.")
 _LOSS_WEIGHTS = flags.DEFINE_string(
-    "loss_weights", "unet", "Pixel loss weights: unet (the paper's: class balance + border term of "
-    "Ronneberger et al. 2015) | class (class balance only) | none.")
+    "loss_weights", "none", "Pixel loss weights: none | class (class balance only) | unet (the paper's: "
+    "class balance + border term of Ronneberger et al. 2015). README 'Loss weights, measured' says why "
+    "none is the default.")
 _POS_WEIGHT = flags.DEFINE_float("pos_weight", 1.0, "Extra loss weight of landslide pixels (x loss_weights).")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Probability threshold for the landslide class.")
 _DEMO_SCALE = flags.DEFINE_float("demo_scale", 1.0, "Area of the demo scenes relative to the paper's sites.")
