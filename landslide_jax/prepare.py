@@ -110,9 +110,11 @@ def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir:
       return PreparedDataset(site, patch, target, metadata, rebuilt=False)
     if not overwrite:
       # Named as a command: launch.train and launch.sweep reach here too, and have no --overwrite.
+      chosen = "" if tuple(channels) == constants.DEFAULT_CHANNELS else f" --channels={','.join(channels)}"
       raise InputError(target, "dataset was built from different raw inputs",
-                       f"rebuild it with python -m launch.prepare --site={site} --patch={patch} "
-                       "--overwrite (same --data_dir and --manual_dir), or use another --data_dir")
+                       f"rebuild it with python -m launch.prepare --site={site} --patch={patch}{chosen} "
+                       "--overwrite (and the run's --data_dir, --manual_dir or --demo_scale), or use "
+                       "another --data_dir")
 
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   created = not data_dir.exists()

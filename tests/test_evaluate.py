@@ -185,6 +185,14 @@ def test_scores_equal_sklearn_and_the_training_run(env, evaluated, predicted):
     assert [scores[k] for k in ("tp", "fp", "fn", "tn")] == [trained[k] for k in ("tp", "fp", "fn", "tn")]
   total = {k: sum(written["test"][s][k] for s in SITES) for k in ("tp", "fp", "fn", "tn")}
   assert {k: written["test"]["all"][k] for k in total} == total
+  # Every valid test-area pixel was scored exactly once, by evaluate and by the training run.
+  area_pixels = {site: normalization.read_metadata(input_pipeline.dataset_dir(
+      site, run_fixtures.PATCH, run_fixtures.CHANNEL_TUPLE, env.data_dir))["areas"]["test"]["valid_pixels"]
+                 for site in SITES}
+  area_pixels["all"] = sum(area_pixels.values())
+  for name, scores in written["test"].items():
+    assert sum(scores[k] for k in ("tp", "fp", "fn", "tn")) == area_pixels[name]
+    assert scores["coverage"] == env.train_metrics["test"][name]["coverage"] == 1.0
   # The comparison means something only if the model makes every kind of pixel call.
   assert min(expected["all"][k] for k in ("tp", "fp", "fn", "tn")) > 0, expected["all"]
 
