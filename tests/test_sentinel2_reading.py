@@ -219,7 +219,7 @@ def test_filename_conventions(tmp_path):
   assert inputs.s2_band_files["B2"].name == "T48RTT_20200101_B02_10m.tif"
   if _jp2_available():
     assert inputs.s2_band_files["B4"].suffix == ".jp2"
-  assert inputs.dem.name == "dem.tif"
+  assert [p.name for p in inputs.dem] == ["dem.tif"]
   assert inputs.inventory.name == "inventory.gpkg"
   assert inputs.test_area.name == "test_area.geojson"
   assert inputs.nodata_mask.name == "cloud_mask.tif"

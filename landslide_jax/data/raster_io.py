@@ -162,12 +162,20 @@ def read_sentinel2(inputs, bands: tuple[str, ...], window: rasterio.windows.Wind
   A whole-scene read of DN data without an `s2_add_offset` warns on stderr when the scene looks offset
   (see OFFSET_DARK_DN); the values are used as stored all the same.
   """
+  if inputs.s2_products:
+    # SAFE products: radiometry from each product's own metadata, already applied per product.
+    image, valid, grid = _read_products(inputs, bands, window)
+    if window is None and not valid.any():
+      raise InputError(inputs.s2_products[0], "every pixel is nodata or masked by the scene "
+                       "classification", "check the area of interest lies on the product's data, or "
+                       "change scl_mask_classes in manifest.json")
+    return image, valid, grid
   if window is not None:
     image, valid, grid = _read_s2_pixels(inputs, bands, window)
     units = resolve_s2_units(inputs, bands)
     return _to_dn(image, valid, units, s2_add_offsets(inputs, bands, units)), valid, grid
   image, valid, grid = _read_s2_pixels(inputs, bands, None)
-  source = inputs.s2_stack or inputs.s2_band_files[bands[0]]
+  source = s2_source(inputs, bands)
   if not valid.any():
     raise InputError(source, "every pixel is nodata",
                      "check the file, or set the right s2_nodata in manifest.json")
@@ -177,6 +185,16 @@ def read_sentinel2(inputs, bands: tuple[str, ...], window: rasterio.windows.Wind
   offsets = s2_add_offsets(inputs, bands, units)
   _warn_if_offset_missing(inputs, image, valid, units, source)
   return _to_dn(image, valid, units, offsets), valid, grid
+
+
+def s2_source(inputs, bands: tuple[str, ...]) -> Path:
+  """The file (or product) that sets a site's Sentinel-2 grid, for messages."""
+  if inputs.s2_products:
+    return inputs.s2_products[0]
+  path = inputs.s2_stack or inputs.s2_band_files.get(bands[0])
+  if path is None:
+    raise InputError(inputs.site_dir, f"missing band {bands[0]}", "add its file or name it in manifest.json")
+  return path
 
 
 def _units_of(image: np.ndarray, valid: np.ndarray) -> str:
@@ -260,33 +278,148 @@ def resolve_s2_units(inputs, bands: tuple[str, ...], check_offset: bool = False)
   image, valid, _ = _read_s2_pixels(inputs, bands, None, step=step)
   units = _units_of(image, valid) if inputs.s2_units == "auto" else inputs.s2_units
   if check:
-    _warn_if_offset_missing(inputs, image, valid, units, inputs.s2_stack or inputs.s2_band_files[bands[0]])
+    _warn_if_offset_missing(inputs, image, valid, units, s2_source(inputs, bands))
   return units
 
 
-def scene_grid(inputs, bands: tuple[str, ...]) -> Grid:
-  """The Sentinel-2 grid of a site without reading its pixels."""
-  path = inputs.s2_stack or inputs.s2_band_files.get(bands[0])
-  if path is None:
-    raise InputError(inputs.site_dir, f"missing band {bands[0]}", "add its file or name it in manifest.json")
-  with open_raster(path, "Sentinel-2") as src:
+def _source_grid(inputs, bands: tuple[str, ...]) -> Grid:
+  """The grid of the Sentinel-2 file itself (a product's: its 10 m grid), before any AOI crop."""
+  if inputs.s2_products:
+    from landslide_jax.data import sentinel2_safe  # pylint: disable=import-outside-toplevel
+    product = sentinel2_safe.read_safe_product(inputs.s2_products[0])
+    ten_m = next((b for b in constants.PAPER_BANDS if b in product.band_paths), None)
+    if ten_m is None:
+      raise InputError(product.path, "the product has no 10 m band (B02, B03, B04, B08)",
+                       "use a complete L1C or L2A product")
+    with open_raster(product.band_paths[ten_m], f"Sentinel-2 {ten_m}") as src:
+      return grid_of(src)
+  with open_raster(s2_source(inputs, bands), "Sentinel-2") as src:
     return grid_of(src)
 
+
+def aoi_window(aoi: str | os.PathLike, grid: Grid) -> rasterio.windows.Window:
+  """The window of `grid` holding the bounding box of an area-of-interest vector file, grown to whole
+  pixels and clipped to the grid.
+
+  Raises:
+    InputError: the AOI cannot be read, has no CRS, or lies outside the grid.
+  """
+  import pyogrio  # pylint: disable=import-outside-toplevel
+  import pyogrio.errors  # pylint: disable=import-outside-toplevel
+  try:
+    info = pyogrio.read_info(aoi, force_total_bounds=True)
+  except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as err:
+    raise InputError(aoi, f"cannot read area-of-interest file ({str(err).splitlines()[0][:160]})",
+                     "check the file opens in QGIS; re-export it as GeoPackage or GeoJSON") from None
+  if not info.get("crs"):
+    raise InputError(aoi, "area-of-interest file has no CRS",
+                     "assign one (ogr2ogr -a_srs EPSG:4326 out.gpkg in.geojson)")
+  bounds = info.get("total_bounds")
+  if bounds is None or info.get("features", 0) == 0 or not np.all(np.isfinite(bounds)):
+    raise InputError(aoi, "area-of-interest file has no feature", "draw the study area polygon")
+  left, bottom, right, top = rasterio.warp.transform_bounds(info["crs"], grid.crs, *bounds,
+                                                            densify_pts=21)
+  w = rasterio.windows.from_bounds(left, bottom, right, top, grid.transform)
+  col0, row0 = max(int(np.floor(w.col_off + 1e-6)), 0), max(int(np.floor(w.row_off + 1e-6)), 0)
+  col1 = min(int(np.ceil(w.col_off + w.width - 1e-6)), grid.shape[1])
+  row1 = min(int(np.ceil(w.row_off + w.height - 1e-6)), grid.shape[0])
+  if col1 <= col0 or row1 <= row0:
+    g_left, g_bottom, g_right, g_top = grid.bounds
+    raise InputError(aoi, f"the area of interest ({left:.0f}, {bottom:.0f}, {right:.0f}, {top:.0f}) lies "
+                     f"outside the Sentinel-2 scene ({g_left:.0f}, {g_bottom:.0f}, {g_right:.0f}, "
+                     f"{g_top:.0f}, {grid.crs})",
+                     "use the product or tile that covers the study area, or check the AOI's CRS")
+  return rasterio.windows.Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def _crop(grid: Grid, window: rasterio.windows.Window) -> Grid:
+  return Grid(grid.crs, rasterio.windows.transform(window, grid.transform),
+              (int(window.height), int(window.width)))
+
+
+def scene_grid(inputs, bands: tuple[str, ...]) -> Grid:
+  """The Sentinel-2 grid of a site without reading its pixels: the file's grid, or with an area of
+  interest the part of it holding the AOI's bounding box."""
+  grid = _source_grid(inputs, bands)
+  if inputs.aoi is not None:
+    grid = _crop(grid, aoi_window(inputs.aoi, grid))
+  return grid
+
+
+def _window_grid(grid: Grid, window: rasterio.windows.Window | None) -> Grid:
+  if window is None:
+    return grid
+  return _crop(grid, rasterio.windows.Window(
+      *map(int, (window.col_off, window.row_off, window.width, window.height))))
+
+
+def _read_products(inputs, bands: tuple[str, ...], window: rasterio.windows.Window | None
+                   ) -> tuple[np.ndarray, np.ndarray, Grid]:
+  """Reads bands of one or more SAFE products onto the scene grid (or a window of it), in DN.
+
+  Each band is read through a window of its file (never the whole tile) and resampled onto the 10 m
+  grid: exact for bands on the grid's pixel lattice, bilinear for the others (20 m and 60 m bands, a
+  product in another UTM zone). Stored 0 is nodata. Each
+  product's values become 10000 x reflectance with its own QUANTIFICATION_VALUE and ADD_OFFSET, then the
+  products are mosaicked: the first product with a valid pixel wins. L2A products mask the scene
+  classification classes `inputs.scl_mask_classes` (SCL at 20 m, nearest).
+  """
+  from landslide_jax.data import sentinel2_safe  # pylint: disable=import-outside-toplevel
+  grid = _window_grid(scene_grid(inputs, bands), window)
+  image = np.full((len(bands), *grid.shape), np.nan, np.float32)
+  valid = np.zeros(grid.shape, bool)
+  for path in inputs.s2_products:
+    product = sentinel2_safe.read_safe_product(path)
+    layers = []
+    for band in bands:
+      if band not in product.band_paths:
+        raise InputError(product.path, f"the product has no band {band} "
+                         f"(it has {', '.join(sorted(product.band_paths))})",
+                         "choose other --channels, or use a product with that band")
+      # A band on the grid's own lattice (10 m bands of products on one UTM zone) is read exactly;
+      # anything else (20/60 m bands, a product in another zone) is resampled bilinearly.
+      stored = read_onto_grid(product.band_paths[band], grid, f"Sentinel-2 {band}",
+                              Resampling.bilinear, fill=np.nan, src_nodata=0.0)
+      layers.append(sentinel2_safe.reflectance_dn(stored, product, band))
+    ok = np.isfinite(np.stack(layers)).all(axis=0)
+    if product.scl_path is not None and inputs.scl_mask_classes:
+      scl = read_onto_grid(product.scl_path, grid, "scene classification (SCL)", Resampling.nearest,
+                           fill=0.0)
+      ok &= ~np.isin(scl, np.asarray(inputs.scl_mask_classes, np.float32))
+    take = ok & ~valid
+    for out, layer in zip(image, layers):
+      out[take] = layer[take]
+    valid |= take
+    if valid.all():
+      break
+  image[:, ~valid] = 0.0
+  return image, valid, grid
 
 def _read_s2_pixels(inputs, bands: tuple[str, ...], window, step: int = 1
                     ) -> tuple[np.ndarray, np.ndarray, Grid]:
   """Band values as stored (no unit scaling), their validity and the grid read."""
+  # With an area of interest the scene is a window of the file: a scene window moves by its offset.
+  scene = scene_grid(inputs, bands)
+  if inputs.aoi is not None:
+    full = _source_grid(inputs, bands)
+    col0, row0 = ~full.transform @ (scene.transform.c, scene.transform.f)
+    col0, row0 = int(round(col0)), int(round(row0))
+  else:
+    col0 = row0 = 0
+  file_window = rasterio.windows.Window(
+      col0 + (int(window.col_off) if window is not None else 0),
+      row0 + (int(window.row_off) if window is not None else 0),
+      int(window.width) if window is not None else scene.shape[1],
+      int(window.height) if window is not None else scene.shape[0])
+
   def read(src, index, what):
     if step > 1:
-      shape = (max(1, src.height // step), max(1, src.width // step))
-      return read_band(src, index, what, out_shape=shape).astype(np.float32)
-    return read_band(src, index, what, window=window).astype(np.float32)
+      shape = (max(1, file_window.height // step), max(1, file_window.width // step))
+      return read_band(src, index, what, window=file_window, out_shape=shape).astype(np.float32)
+    return read_band(src, index, what, window=file_window).astype(np.float32)
 
   def window_grid(full: Grid) -> Grid:
-    if window is None:
-      return full
-    w = rasterio.windows.Window(*map(int, (window.col_off, window.row_off, window.width, window.height)))
-    return Grid(full.crs, rasterio.windows.transform(w, full.transform), (int(w.height), int(w.width)))
+    return _window_grid(scene, window)
 
   layers, grid, nodata_values = [], None, []
   if inputs.s2_stack is not None:
@@ -344,47 +477,87 @@ def _covering_window(src: rasterio.io.DatasetReader, grid: Grid, pad: int = 2
   return rasterio.windows.Window(col0, row0, col1 - col0, row1 - row0)
 
 
+def _aligned_offset(src_grid: Grid, grid: Grid) -> tuple[int, int] | None:
+  """(row, col) of `grid`'s top-left pixel in `src_grid` when `grid` is a whole-pixel window of the same
+  pixel lattice (an AOI crop, a block of a scene), else None."""
+  s, t = src_grid.transform, grid.transform
+  tol = 1e-6 * abs(s.a)
+  if src_grid.crs != grid.crs or abs(s.a - t.a) > tol or abs(s.e - t.e) > tol:
+    return None
+  col, row = ~s @ (t.c, t.f)
+  if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+    return None
+  return int(round(row)), int(round(col))
+
+
 def read_onto_grid(path: str | os.PathLike, grid: Grid, what: str,
-                   resampling: Resampling = Resampling.nearest, fill: float = 0.0) -> np.ndarray:
+                   resampling: Resampling = Resampling.nearest, fill: float = 0.0,
+                   src_nodata: float | None = None) -> np.ndarray:
   """Reads band 1 of a raster resampled onto `grid` (float32).
 
-  Pixels equal to the file's nodata tag, NaN pixels and pixels the raster does not cover get `fill`
-  (0: for a mask, "not landslide", "not test area", "not masked"): a GIS export with 1 = landslide and
-  NoData = 255 elsewhere must not read as all landslide. A raster already on the grid is read as is
-  (resampling then changes nothing).
+  Pixels equal to the file's nodata tag (or to `src_nodata` when given: Sentinel-2 products store 0
+  without a tag), NaN pixels and pixels the raster does not cover get `fill` (0: for a mask, "not
+  landslide", "not test area", "not masked"): a GIS export with 1 = landslide and NoData = 255 elsewhere
+  must not read as all landslide. A raster on the same pixel lattice as the grid (the grid itself, or a
+  window of it) is read as is, through a window: resampling then changes nothing.
   """
   with open_raster(path, what) as src:
     src_grid = grid_of(src)
-    same = _same_grid(src_grid, grid)
-    window = None if same else _covering_window(src, grid)
-    if not same and window is None:
+    nodata = src.nodata if src_nodata is None else src_nodata
+    offset = _aligned_offset(src_grid, grid)
+    if offset is not None:
+      row, col = offset
+      out = np.full(grid.shape, fill, np.float32)
+      r0, c0 = max(row, 0), max(col, 0)
+      r1, c1 = min(row + grid.shape[0], src.height), min(col + grid.shape[1], src.width)
+      if r1 > r0 and c1 > c0:
+        part = read_band(src, 1, what, window=rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
+                         ).astype(np.float32)
+        if nodata is not None and not np.isnan(nodata):
+          part[part == np.float32(nodata)] = np.nan
+        part[np.isnan(part)] = fill
+        out[r0 - row:r1 - row, c0 - col:c1 - col] = part
+      return out
+    window = _covering_window(src, grid)
+    if window is None:
       return np.full(grid.shape, fill, np.float32)
     values = read_band(src, 1, what, window=window).astype(np.float32)
     # NaN marks nodata from here on: rasterio's reproject takes a dst_nodata of 0 as unset, so a
     # nodata tag (or 0) would otherwise leak through resampling.
-    if src.nodata is not None and not np.isnan(src.nodata):
-      values[values == np.float32(src.nodata)] = np.nan
-    if same:
-      out = values
-    else:
-      out = np.full(grid.shape, np.nan, np.float32)
-      rasterio.warp.reproject(
-          values, out, src_transform=src.window_transform(window), src_crs=src.crs, src_nodata=np.nan,
-          dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan, resampling=resampling)
+    if nodata is not None and not np.isnan(nodata):
+      values[values == np.float32(nodata)] = np.nan
+    out = np.full(grid.shape, np.nan, np.float32)
+    rasterio.warp.reproject(
+        values, out, src_transform=src.window_transform(window), src_crs=src.crs, src_nodata=np.nan,
+        dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan, resampling=resampling)
     out[np.isnan(out)] = fill
     return out
 
 
-def read_dem_on_grid(path: str | os.PathLike, grid: Grid, margin: int = 1) -> np.ndarray:
+def read_dem_on_grid(dem: str | os.PathLike | tuple[Path, ...], grid: Grid, margin: int = 1
+                     ) -> np.ndarray:
   """Reprojects a DEM (any CRS, any resolution) bilinearly onto `grid` grown by `margin` pixels.
 
-  The margin lets slope use true neighbours at the scene edge; where the DEM does not reach into the
-  margin, the margin repeats the edge row/column.
+  `dem` is one file or a tuple of tiles, mosaicked first (a VRT: only the part the grid needs is read;
+  each tile's nodata stays a void). The margin lets slope use true neighbours at the scene edge; where
+  the DEM does not reach into the margin, the margin repeats the edge row/column.
 
   Raises:
-    InputError: the DEM does not cover the scene, or has NaN/nodata pixels inside it.
+    InputError: the DEM does not cover the scene (a missing tile of a known naming is named), or has
+      NaN/nodata pixels inside it.
   """
-  with open_raster(path, "DEM") as src:
+  from landslide_jax.data import dem_tiles  # pylint: disable=import-outside-toplevel  (it imports us)
+  tiles = (Path(dem),) if isinstance(dem, (str, os.PathLike)) else tuple(dem)
+  if len(tiles) > 1:
+    lonlat = rasterio.warp.transform_bounds(grid.crs, "EPSG:4326", *grid.bounds, densify_pts=21)
+    dem_tiles.check_tiles_cover(tiles, lonlat, tiles[0].parent)
+  with dem_tiles.dem_source(tiles) as source:
+    return _read_dem_source(source, tiles[0] if len(tiles) == 1 else tiles[0].parent, grid, margin)
+
+
+def _read_dem_source(source: str, path: Path, grid: Grid, margin: int) -> np.ndarray:
+  """`read_dem_on_grid` of one openable DEM (a file or a tile mosaic); `path` names it in errors."""
+  with open_raster(source, "DEM") as src:
     src_grid = grid_of(src)
     # Coverage: the DEM's footprint in the scene CRS must contain the scene (half a DEM pixel slack).
     left, bottom, right, top = rasterio.warp.transform_bounds(
@@ -488,11 +661,23 @@ def find_dem_fill(dem: np.ndarray) -> tuple[float, np.ndarray, float] | None:
   return value, found[value]["flagged"], found[value]["jump"]
 
 
+def copy_as_cog(src: str | os.PathLike, dst: str | os.PathLike, resampling: str = "nearest") -> None:
+  """Copies a GeoTIFF to a Cloud-Optimized GeoTIFF (GDAL's COG driver: 512 px tiles, internal
+  overviews, deflate), so a large map opens at once in QGIS. `resampling` builds the overviews:
+  "average" for probabilities, "nearest" for classes (a class map must not gain values)."""
+  import rasterio.shutil  # pylint: disable=import-outside-toplevel
+  with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+    rasterio.shutil.copy(src, dst, driver="COG", compress="DEFLATE", overview_resampling=resampling,
+                         blocksize=512)
+
+
 def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid,
-                  nodata: float | None = None, descriptions: tuple[str, ...] | None = None) -> Path:
+                  nodata: float | None = None, descriptions: tuple[str, ...] | None = None,
+                  cog_resampling: str | None = None) -> Path:
   """Writes a (H, W) or (C, H, W) array as a tiled, compressed GeoTIFF, atomically.
 
   The file appears only when complete, so a crash never leaves a truncated map for QGIS to choke on.
+  With `cog_resampling` ("nearest" or "average", for the overviews) it is a Cloud-Optimized GeoTIFF.
   """
   path = Path(path)
   data = array[None] if array.ndim == 2 else array
@@ -510,6 +695,12 @@ def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid,
       dst.write(data)
       for i, name in enumerate(descriptions or (), start=1):
         dst.set_band_description(i, name)
+    if cog_resampling is not None:
+      plain, tmp = tmp, tmp[:-4] + ".cog.tif"
+      try:
+        copy_as_cog(plain, tmp, cog_resampling)
+      finally:
+        os.remove(plain)
     os.chmod(tmp, 0o644)  # mkstemp makes it private; a map is meant to be shared
     os.replace(tmp, path)
   finally:

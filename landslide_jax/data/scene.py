@@ -62,6 +62,13 @@ def load_channels(inputs: site_inputs.SiteInputs, channels: tuple[str, ...],
   layers["dem"] = dem[1:-1, 1:-1]
   if "slope" in channels:
     layers["slope"] = slope_degrees(dem, grid.expanded(1).transform, grid.crs)[1:-1, 1:-1]
+  if inputs.aoi is not None:
+    # The grid is the AOI's bounding box; pixels outside its polygons are not part of the study area.
+    inside = inventory.read_mask(inputs.aoi, grid, "area of interest", require_features=False) > 0
+    valid &= inside
+    if window is None and not valid.any():
+      raise InputError(inputs.aoi, "no valid Sentinel-2 pixel inside the area of interest",
+                       "check the AOI lies on the scene's data (not its nodata or clouds)")
   if inputs.nodata_mask is not None:
     # Pixels the mask tags nodata, or does not cover, read as 0: not masked.
     masked = raster_io.read_onto_grid(inputs.nodata_mask, grid, "nodata mask", fill=0.0) > 0

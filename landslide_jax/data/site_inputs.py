@@ -16,19 +16,23 @@ import tomllib
 from pathlib import Path
 
 from landslide_jax import constants
+from landslide_jax.data import dem_tiles
 from landslide_jax.errors import InputError
 
 MANIFEST_NAMES = ("manifest.json", "manifest.toml")
 # Every key a manifest may hold; anything else is an error, because a typo ("inventroy") would
 # otherwise silently fall back to a convention or to no inventory at all.
 MANIFEST_KEYS = {
-    "sentinel2": "one multi-band file, or a table band -> file (B02, B03, B04, B08)",
+    "sentinel2": "one multi-band file, a table band -> file (B02, B03, B04, B08), or a Sentinel-2 SAFE "
+                 "product (folder or .zip, L1C or L2A) or a list of them",
     "bands": "band names of a multi-band file, in band order",
     "s2_units": "'dn' (0-10000), 'reflectance' (0-1) or 'auto'",
     "s2_nodata": "Sentinel-2 value meaning nodata (default: the file's nodata tag, else 0)",
     "s2_add_offset": "DN added to stored values (-1000 for processing baseline >= 04.00), or a table "
                      "band -> DN (default 0)",
-    "dem": "the DEM raster, any CRS and resolution",
+    "dem": "the DEM raster, any CRS and resolution; or DEM tiles: a list of files, a folder or a glob",
+    "aoi": "area of interest (vector file): the scene is cut to it from a larger tile or product",
+    "scl_mask_classes": "L2A scene classification classes masked as invalid (default 0, 1, 3, 8, 9, 10)",
     "inventory": "landslide polygons (.gpkg/.geojson/.shp) or a mask raster on the S2 grid",
     "inventory_layer": "layer of a multi-layer vector file",
     "test_area": "polygon(s) or raster marking the testing area",
@@ -39,6 +43,8 @@ MANIFEST_KEYS = {
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb")
 S2_UNITS = ("dn", "reflectance", "auto")
+# Keys a SAFE product's own metadata answers; giving them as well would contradict it.
+_PRODUCT_KEYS = ("bands", "s2_units", "s2_nodata", "s2_add_offset")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +57,7 @@ class SiteInputs:
   bands: tuple[str, ...] | None
   s2_units: str
   s2_nodata: float | None
-  dem: Path
+  dem: tuple[Path, ...]  # one DEM file, or tiles mosaicked on read (data/dem_tiles.py)
   inventory: Path | None  # None only for scenes to predict on (require_inventory=False)
   inventory_layer: str | None
   test_area: Path | None
@@ -65,6 +71,14 @@ class SiteInputs:
   s2_add_offset: dict[str, float] = dataclasses.field(
       default_factory=lambda: dict.fromkeys(constants.SENTINEL2_BANDS, 0.0))
   s2_add_offset_given: bool = False
+  # Sentinel-2 SAFE products (folders or zips), mosaicked in this order on the first one's 10 m grid;
+  # when given, s2_stack and s2_band_files are unused and the radiometry comes from their metadata.
+  s2_products: tuple[Path, ...] = ()
+  # Scene classification classes of L2A products masked as invalid.
+  scl_mask_classes: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
+  # Area of interest: the scene is the part of the Sentinel-2 grid holding it; pixels outside it are
+  # invalid.
+  aoi: Path | None = None
 
   def add_offsets(self, bands: tuple[str, ...]) -> dict[str, float]:
     """The offset of each of `bands` (canonical names), in DN.
@@ -81,13 +95,15 @@ class SiteInputs:
 
   def files(self) -> list[Path]:
     """All input files (including a shapefile's sidecars), for hashing."""
-    paths = [self.s2_stack, *self.s2_band_files.values(), self.dem, self.inventory,
-             self.test_area, self.nodata_mask, self.manifest]
+    paths = [self.s2_stack, *self.s2_band_files.values(), *self.dem, self.inventory,
+             self.test_area, self.nodata_mask, self.manifest, self.aoi, *self.s2_products]
     out = []
     for path in paths:
       if path is None:
         continue
-      if path.suffix.lower() == ".shp":
+      if path.is_dir():  # an unpacked SAFE product
+        out.extend(p for p in path.rglob("*") if p.is_file())
+      elif path.suffix.lower() == ".shp":
         out.extend(sorted(path.parent.glob(path.stem + ".*")))
       else:
         out.append(path)
@@ -96,8 +112,11 @@ class SiteInputs:
   def content_hash(self) -> str:
     """SHA-256 over the names and bytes of every input file: identifies what a dataset was built from."""
     digest = hashlib.sha256()
+    folders = [p for p in self.s2_products if p.is_dir()]
     for path in self.files():
-      digest.update(path.name.encode())
+      # Files inside an unpacked SAFE product by their path in it: several granule files share a name.
+      inside = next((f for f in folders if path.is_relative_to(f)), None)
+      digest.update(str(path.relative_to(inside.parent) if inside else path.name).encode())
       with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
           digest.update(chunk)
@@ -224,9 +243,22 @@ def find_site_inputs(site_dir: str | os.PathLike, require_inventory: bool = True
                        f"add one matching {pattern!r} ({'/'.join(suffixes)}) or name it in manifest.json")
     return found
 
-  s2_stack, band_files = None, {}
+  s2_stack, band_files, products = None, {}, ()
   s2_spec = spec.get("sentinel2")
-  if isinstance(s2_spec, dict):
+  if s2_spec is None:
+    products = find_products(site_dir)
+  elif isinstance(s2_spec, list) or (isinstance(s2_spec, str) and is_product_name(s2_spec)):
+    names = s2_spec if isinstance(s2_spec, list) else [s2_spec]
+    if not names or not all(isinstance(n, str) and is_product_name(n) for n in names):
+      raise InputError(manifest, f"'sentinel2' lists {s2_spec!r}, not Sentinel-2 SAFE products",
+                       "list product folders or zips named S2?_MSIL1C_*/S2?_MSIL2A_*, or name one GeoTIFF")
+    products = tuple(_existing_path(site_dir, n, "sentinel2", manifest) for n in names)
+  if products:
+    clashing = [k for k in _PRODUCT_KEYS if k in spec]
+    if clashing:
+      raise InputError(manifest, f"{', '.join(clashing)} given for SAFE products, whose metadata "
+                       "gives the band files, units, nodata and offsets", f"remove {', '.join(clashing)}")
+  elif isinstance(s2_spec, dict):
     for band, name in s2_spec.items():
       try:
         band_files[constants.canonical_band(band)] = _existing(site_dir, name, "sentinel2", manifest)
@@ -235,7 +267,7 @@ def find_site_inputs(site_dir: str | os.PathLike, require_inventory: bool = True
                          f"use band names like {', '.join(constants.PAPER_BANDS)}") from None
   elif s2_spec is not None:
     s2_stack = named("sentinel2", True, "", RASTER_SUFFIXES)
-  else:
+  elif s2_spec is None:
     s2_stack = _find_one(site_dir, r"(s2|sentinel[-_]?2)", RASTER_SUFFIXES)
     if s2_stack is None:
       for path in sorted(site_dir.iterdir()):
@@ -270,6 +302,35 @@ def find_site_inputs(site_dir: str | os.PathLike, require_inventory: bool = True
   layer = spec.get("inventory_layer")
   offset_given = "s2_add_offset" in spec
   offsets = parse_add_offset(spec["s2_add_offset"] if offset_given else 0, manifest)
+  if products:
+    # Recorded in the dataset metadata; the reader applies each product's own offsets.
+    from landslide_jax.data import sentinel2_safe  # pylint: disable=import-outside-toplevel
+    offsets = dict(sentinel2_safe.read_safe_product(products[0]).add_offsets)
+    offset_given, units = True, "dn"
+  scl_classes = spec.get("scl_mask_classes", SiteInputs.scl_mask_classes)
+  if (not isinstance(scl_classes, (list, tuple))
+      or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 11 for c in scl_classes)):
+    raise InputError(manifest, f"scl_mask_classes must list scene classification classes 0-11, got "
+                     f"{scl_classes!r}", "write e.g. scl_mask_classes = [0, 1, 3, 8, 9, 10]")
+  dem_spec = spec.get("dem")
+  if dem_spec is None:
+    dem_file = _find_one(site_dir, r"dem", RASTER_SUFFIXES)
+    if dem_file is None:
+      raise InputError(site_dir, "no dem file found",
+                       "add one matching 'dem' (.tif) or name it (or its tiles) in manifest.json")
+    dems = (dem_file,)
+  else:
+    if not (isinstance(dem_spec, str) or (isinstance(dem_spec, list)
+                                          and all(isinstance(d, str) for d in dem_spec))):
+      raise InputError(manifest, f"'dem' must be a file, folder or glob, or a list of them, got "
+                       f"{dem_spec!r}", "write dem = \"dem.tif\" or dem = [\"tiles/*.tif\"]")
+    dems = dem_tiles.find_dem_files(dem_spec, site_dir, manifest)
+  aoi = spec.get("aoi")
+  if aoi is not None:
+    if not isinstance(aoi, str):
+      raise InputError(manifest, f"'aoi' must be a vector file name, got {aoi!r}",
+                       "write aoi = \"study_area.geojson\"")
+    aoi = _existing(site_dir, aoi, "aoi", manifest)
 
   return SiteInputs(
       site_dir=site_dir.resolve(),
@@ -278,7 +339,7 @@ def find_site_inputs(site_dir: str | os.PathLike, require_inventory: bool = True
       bands=bands,
       s2_units=units,
       s2_nodata=None if nodata is None else float(nodata),
-      dem=named("dem", True, r"dem", RASTER_SUFFIXES),
+      dem=dems,
       inventory=named("inventory", require_inventory, r"inventory", VECTOR_SUFFIXES + RASTER_SUFFIXES),
       inventory_layer=None if layer is None else str(layer),
       test_area=named("test_area", False, r"test[-_]?area", VECTOR_SUFFIXES + RASTER_SUFFIXES),
@@ -287,4 +348,34 @@ def find_site_inputs(site_dir: str | os.PathLike, require_inventory: bool = True
       manifest=manifest,
       s2_add_offset=offsets,
       s2_add_offset_given=offset_given,
+      s2_products=products,
+      scl_mask_classes=tuple(scl_classes),
+      aoi=aoi,
   )
+
+
+def is_product_name(name: str | os.PathLike) -> bool:
+  """Whether a name is a Sentinel-2 L1C/L2A SAFE product's (folder `.SAFE` or its `.zip`)."""
+  return re.fullmatch(r"S2[A-D]_MSIL(1C|2A)_\w+?(\.SAFE)?(\.zip)?", Path(name).name, re.I) is not None
+
+
+def find_products(site_dir: Path) -> tuple[Path, ...]:
+  """SAFE products in a site folder by name, sorted (the first sets the grid)."""
+  found = sorted(p.resolve() for p in site_dir.iterdir()
+                 if is_product_name(p.name) and (p.is_dir() or p.suffix.lower() == ".zip"))
+  # A folder and its zip are one product twice.
+  stems = [p.name.removesuffix(".zip").removesuffix(".SAFE") for p in found]
+  twice = sorted({s for s in stems if stems.count(s) > 1})
+  if twice:
+    raise InputError(site_dir, f"product {twice[0]} is there twice (folder and zip)",
+                     "keep one of them")
+  return tuple(found)
+
+
+def _existing_path(site_dir: Path, name: str, key: str, manifest: Path | None) -> Path:
+  """A named file or folder (a SAFE product may be either)."""
+  path = (site_dir / name).resolve()
+  if not path.exists():
+    raise InputError(manifest or site_dir, f"{key} {name!r} does not exist",
+                     f"put it in {site_dir} or correct the {key!r} entry")
+  return path
