@@ -182,9 +182,9 @@ def write_site_maps(out_dir: Path, site: str, probs: np.ndarray, data: input_pip
   truth = patching.stitch(data.mask[..., 0], rows, cols, shape, fill=0).astype(bool)
   paths = {
       "probability": raster_io.write_geotiff(out_dir / f"{site}_probability.tif", prob_map, test_grid,
-                                             nodata=-1.0),
+                                             nodata=-1.0, cog_resampling="average"),
       "landslides": raster_io.write_geotiff(out_dir / f"{site}_landslides.tif", binary, test_grid,
-                                            nodata=255),
+                                            nodata=255, cog_resampling="nearest"),
   }
   channels = metadata["channels"]
   rgb = None

@@ -24,12 +24,15 @@ import rasterio.windows
 from scipy import ndimage
 
 from landslide_jax import constants, files
-from landslide_jax.data import raster_io, scene as scene_lib, site_inputs
+from landslide_jax.data import dem_tiles, raster_io, scene as scene_lib, sentinel2_safe, site_inputs
 from landslide_jax.errors import InputError
 
 PROBABILITY_NODATA = -1.0
 LANDSLIDE_NODATA = 255
 BLENDS = ("cosine", "triangular")
+# The minimum mapping unit of the polygons (--min_area_m2): ten 10 m pixels, just below the smallest
+# landslides of the paper's inventories (~1,100 m2), so speckle of one to a few pixels is not mapped.
+DEFAULT_MIN_AREA_M2 = 1000.0
 
 
 def blend_weights(patch: int, kind: str = "cosine") -> np.ndarray:
@@ -59,36 +62,63 @@ def window_origins(length: int, patch: int, stride: int) -> np.ndarray:
 
 
 def scene_inputs(scene: str | os.PathLike, dem: str | os.PathLike | None,
-                 s2_add_offset: float | None = None) -> site_inputs.SiteInputs:
-  """Inputs of a scene to map: a Sentinel-2 GeoTIFF (bands named by their descriptions) or a manifest.
+                 s2_add_offset: float | None = None, aoi: str | os.PathLike | None = None,
+                 cloud_mask: str | os.PathLike | None = None) -> site_inputs.SiteInputs:
+  """Inputs of a scene to map: a Sentinel-2 GeoTIFF (bands named by their descriptions), a SAFE product
+  (L1C or L2A, folder or .zip), or a site manifest.
 
   Args:
-    scene: the Sentinel-2 GeoTIFF, or a site's manifest.json / manifest.toml.
-    dem: the DEM (overrides a manifest's).
+    scene: the Sentinel-2 GeoTIFF, SAFE product, or a site's manifest.json / manifest.toml.
+    dem: the DEM file, or tiles: a folder, a glob or a comma-separated list (overrides a manifest's).
     s2_add_offset: DN added to every band (`--s2_add_offset`; -1000 for processing baseline 04.00 and
-      later); overrides a manifest's. None: not given (a manifest's, else 0).
+      later); overrides a manifest's. None: not given (a manifest's, else 0). Not for SAFE products,
+      whose metadata gives it.
+    aoi: area-of-interest vector file: only its part of the scene is read and mapped.
+    cloud_mask: raster, non-zero = invalid (clouds, shadows), as a manifest's `nodata_mask`.
   """
   scene = Path(scene)
   if not scene.exists():
-    raise InputError(scene, "scene file does not exist", "pass an S2 GeoTIFF or a site manifest.json")
-  offset = {}
+    raise InputError(scene, "scene does not exist",
+                     "pass an S2 GeoTIFF, a SAFE product (folder or .zip) or a site manifest.json")
+  changes = {}
+  if aoi is not None:
+    if not Path(aoi).is_file():
+      raise InputError(aoi, "area-of-interest file does not exist", "pass --aoi=<polygon file>")
+    changes["aoi"] = Path(aoi).resolve()
+  if cloud_mask is not None:
+    if not Path(cloud_mask).is_file():
+      raise InputError(cloud_mask, "cloud mask file does not exist", "pass --cloud_mask=<raster>")
+    changes["nodata_mask"] = Path(cloud_mask).resolve()
+  if dem is not None:
+    changes["dem"] = dem_tiles.find_dem_files([d for d in str(dem).split(",") if d], Path.cwd(), None)
+  product = site_inputs.is_product_name(scene.name)
   if s2_add_offset is not None:
-    offset = {"s2_add_offset": site_inputs.parse_add_offset(s2_add_offset, None),
-              "s2_add_offset_given": True}
+    if product:
+      raise InputError(scene, "--s2_add_offset given for a SAFE product, whose metadata gives the offsets",
+                       "drop --s2_add_offset")
+    changes.update(s2_add_offset=site_inputs.parse_add_offset(s2_add_offset, None),
+                   s2_add_offset_given=True)
   if scene.suffix.lower() in (".json", ".toml"):
     if scene.name not in site_inputs.MANIFEST_NAMES:
       raise InputError(scene, "a scene manifest must be named manifest.json or manifest.toml",
                        "rename it, or pass the Sentinel-2 GeoTIFF with --dem")
     inputs = site_inputs.find_site_inputs(scene.parent, require_inventory=False)
-    return dataclasses.replace(inputs, **({"dem": Path(dem)} if dem else {}), **offset)
+    if "s2_add_offset" in changes and inputs.s2_products:
+      raise InputError(scene, "--s2_add_offset given for SAFE products, whose metadata gives the offsets",
+                       "drop --s2_add_offset")
+    return dataclasses.replace(inputs, **changes)
   if dem is None:
-    raise InputError(scene, "no DEM given", "pass --dem=<DEM GeoTIFF covering the scene>")
-  if not Path(dem).is_file():
-    raise InputError(dem, "DEM file does not exist", "pass --dem=<DEM GeoTIFF covering the scene>")
-  return site_inputs.SiteInputs(
-      site_dir=scene.parent, s2_stack=scene, s2_band_files={}, bands=None, s2_units="auto",
-      s2_nodata=None, dem=Path(dem), inventory=None, inventory_layer=None, test_area=None,
-      nodata_mask=None, source=constants.SOURCE_REAL, manifest=None, **offset)
+    raise InputError(scene, "no DEM given", "pass --dem=<DEM GeoTIFF, or a folder of DEM tiles>")
+  common = dict(site_dir=scene.parent, bands=None, s2_units="auto", s2_nodata=None, inventory=None,
+                inventory_layer=None, test_area=None, nodata_mask=None, source=constants.SOURCE_REAL,
+                manifest=None)
+  if product:
+    offsets = dict(sentinel2_safe.read_safe_product(scene).add_offsets)
+    return dataclasses.replace(site_inputs.SiteInputs(
+        **common, s2_stack=None, s2_band_files={}, dem=(), s2_products=(scene.resolve(),),
+        s2_add_offset=offsets, s2_add_offset_given=True), s2_units="dn", **changes)
+  return dataclasses.replace(
+      site_inputs.SiteInputs(**common, s2_stack=scene, s2_band_files={}, dem=()), **changes)
 
 
 def training_offset_warning(saved_config: dict, offsets: dict[str, float]) -> str | None:
@@ -142,10 +172,11 @@ def _pixel_area_m2(grid: raster_io.Grid) -> float:
 
 
 class _AtomicGeoTIFF:
-  """A GeoTIFF written block by block into a hidden temporary file, renamed into place on success."""
+  """A Cloud-Optimized GeoTIFF: written block by block into a hidden temporary GeoTIFF, converted to a
+  COG (internal overviews built with `resampling`) and renamed into place on success."""
 
-  def __init__(self, path: Path, grid: raster_io.Grid, dtype: str, nodata: float):
-    self.path = path
+  def __init__(self, path: Path, grid: raster_io.Grid, dtype: str, nodata: float, resampling: str):
+    self.path, self.resampling = path, resampling
     fd, self.tmp = tempfile.mkstemp(suffix=".tif", dir=path.parent, prefix=f".{path.stem}.")
     os.close(fd)
     tiled = grid.shape[0] >= 256 and grid.shape[1] >= 256
@@ -159,11 +190,16 @@ class _AtomicGeoTIFF:
 
   def close(self, keep: bool) -> None:
     self.dst.close()
-    if keep:
-      os.chmod(self.tmp, 0o644)  # mkstemp makes it private; a map is meant to be shared
-      os.replace(self.tmp, self.path)
-    elif os.path.exists(self.tmp):
-      os.remove(self.tmp)
+    cog = self.tmp[:-4] + ".cog.tif"
+    try:
+      if keep:
+        raster_io.copy_as_cog(self.tmp, cog, self.resampling)
+        os.chmod(cog, 0o644)  # mkstemp makes it private; a map is meant to be shared
+        os.replace(cog, self.path)
+    finally:
+      for leftover in (self.tmp, cog):
+        if os.path.exists(leftover):
+          os.remove(leftover)
 
 
 def predict_probabilities(run, inputs: site_inputs.SiteInputs, out_dir: str | os.PathLike,
@@ -193,7 +229,9 @@ def predict_probabilities(run, inputs: site_inputs.SiteInputs, out_dir: str | os
   # Units, the offset check and the offsets are settled once for the scene, before any block is read.
   units = raster_io.resolve_s2_units(inputs, bands, check_offset=True)
   offsets = raster_io.s2_add_offsets(inputs, bands, units)
-  if units == "dn":  # reflectance data carry no offset: nothing to compare
+  # Reflectance data carry no offset, and a SAFE product's offsets come from its own metadata (a
+  # baseline 05.xx product mapped by a run trained on 02.xx data is consistent): nothing to compare.
+  if units == "dn" and not inputs.s2_products:
     _warn_training_offset(run, offsets)
   inputs = dataclasses.replace(inputs, s2_units=units)
   grid = raster_io.scene_grid(inputs, bands)
@@ -201,15 +239,20 @@ def predict_probabilities(run, inputs: site_inputs.SiteInputs, out_dir: str | os
   try:
     rows, cols = window_origins(grid.shape[0], patch, stride), window_origins(grid.shape[1], patch, stride)
   except ValueError as err:
-    raise InputError(inputs.s2_stack or inputs.site_dir, f"scene too small: {err}",
+    if inputs.aoi is not None:
+      raise InputError(inputs.aoi, f"the area of interest is {grid.shape[0]} x {grid.shape[1]} px, "
+                       f"smaller than the model's {patch} px window",
+                       f"draw an AOI at least {patch * math.sqrt(_pixel_area_m2(grid)):.0f} m across, "
+                       "or use a run trained on smaller patches") from None
+    raise InputError(raster_io.s2_source(inputs, bands), f"scene too small: {err}",
                      f"use a scene of at least {patch} x {patch} px or a model trained on smaller patches"
                      ) from None
   weights = blend_weights(patch, blend)
   block = max(block, patch)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  prob_out = _AtomicGeoTIFF(out_dir / "probability.tif", grid, "float32", PROBABILITY_NODATA)
-  mask_out = _AtomicGeoTIFF(out_dir / "landslides.tif", grid, "uint8", LANDSLIDE_NODATA)
+  prob_out = _AtomicGeoTIFF(out_dir / "probability.tif", grid, "float32", PROBABILITY_NODATA, "average")
+  mask_out = _AtomicGeoTIFF(out_dir / "landslides.tif", grid, "uint8", LANDSLIDE_NODATA, "nearest")
   ok = False
   try:
     blocks = [(r0, c0) for r0 in range(0, grid.shape[0], block) for c0 in range(0, grid.shape[1], block)]
@@ -253,7 +296,12 @@ def predict_probabilities(run, inputs: site_inputs.SiteInputs, out_dir: str | os
 
 def _check_channels(inputs, bands: tuple[str, ...], channels: tuple[str, ...]) -> None:
   """The scene must provide every band the model was trained on."""
-  if inputs.s2_stack is None:
+  if inputs.s2_products:
+    have_sets = [set(sentinel2_safe.read_safe_product(p).band_paths) for p in inputs.s2_products]
+    have = sorted(set.intersection(*have_sets))
+    missing = [b for b in bands if b not in have]
+    source = inputs.s2_products[0]
+  elif inputs.s2_stack is None:
     missing = [b for b in bands if b not in inputs.s2_band_files]
     source = inputs.site_dir
     have = sorted(inputs.s2_band_files)
@@ -316,17 +364,20 @@ def write_geojson(path: Path, features: list[dict]) -> Path:
 
 def predict_scene(workdir: str | os.PathLike, scene: str | os.PathLike, dem: str | os.PathLike | None,
                   out_dir: str | os.PathLike, checkpoint: str = "best", overlap: float = 0.5,
-                  blend: str = "cosine", threshold: float | None = None, min_area_m2: float = 0.0,
-                  block: int = 1024, s2_add_offset: float | None = None) -> dict:
+                  blend: str = "cosine", threshold: float | None = None,
+                  min_area_m2: float = DEFAULT_MIN_AREA_M2,
+                  block: int = 1024, s2_add_offset: float | None = None,
+                  aoi: str | os.PathLike | None = None,
+                  cloud_mask: str | os.PathLike | None = None) -> dict:
   """`launch.predict`: maps landslides in a scene with a trained run; returns the written paths.
 
-  `s2_add_offset` is `--s2_add_offset` (see `scene_inputs`)."""
+  `s2_add_offset`, `aoi` and `cloud_mask` are the flags of the same names (see `scene_inputs`)."""
   from landslide_jax import evaluate  # pylint: disable=import-outside-toplevel  (evaluate imports train)
   if blend not in BLENDS:
     raise InputError(None, f"--blend={blend!r} is not valid", f"use one of: {', '.join(BLENDS)}")
   if block <= 0 or min_area_m2 < 0:
     raise InputError(None, "--block must be positive and --min_area_m2 non-negative", "check the flags")
-  inputs = scene_inputs(scene, dem, s2_add_offset)
+  inputs = scene_inputs(scene, dem, s2_add_offset, aoi=aoi, cloud_mask=cloud_mask)
   run = evaluate.load_run(workdir, checkpoint)
   written = predict_probabilities(run, inputs, out_dir, overlap=overlap, blend=blend,
                                   threshold=threshold, block=block)

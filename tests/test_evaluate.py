@@ -260,11 +260,13 @@ def test_maps_are_georeferenced_and_stitch_the_windows(env, evaluated, predicted
   assert Path(maps["probability"]) == out / f"{site}_probability.tif"
   with rasterio.open(maps["probability"]) as src:
     assert src.dtypes == ("float32",) and src.nodata == -1.0 and src.count == 1
+    assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"  # opens at once in QGIS
     assert src.crs == CRS.from_user_input(conftest.SITE_CRS)
     assert src.transform == area_transform and src.shape == tuple(area["shape"])
     prob = src.read(1)
   with rasterio.open(out / f"{site}_landslides.tif") as src:
     assert src.dtypes == ("uint8",) and src.nodata == 255
+    assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
     assert src.crs == CRS.from_user_input(conftest.SITE_CRS)
     assert src.transform == area_transform and src.shape == tuple(area["shape"])
     binary = src.read(1)

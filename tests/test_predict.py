@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.crs
+import rasterio.transform
 import rasterio.warp
 import rasterio.windows
 import shapely
@@ -23,9 +25,9 @@ from scipy import ndimage
 from sklearn import metrics as skm
 
 from landslide_jax import evaluate, input_pipeline, predict
-from landslide_jax.data import scene as scene_lib
+from landslide_jax.data import raster_io, scene as scene_lib
 from landslide_jax.errors import InputError
-from tests import conftest, run_fixtures
+from tests import conftest, run_fixtures, safe_fixtures
 from tests.conftest import ROOT
 
 MAX_EPOCHS = 12
@@ -53,9 +55,10 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def china_map(env):
-  """`predict_scene` on the China site's manifest with the default options."""
+  """`predict_scene` on the China site's manifest with the default options, all polygons kept."""
   out = env.root / "china_map"
-  written = predict.predict_scene(env.workdir, env.raw / "china" / "manifest.json", None, out)
+  written = predict.predict_scene(env.workdir, env.raw / "china" / "manifest.json", None, out,
+                                  min_area_m2=0.0)
   return out, written
 
 
@@ -166,6 +169,27 @@ def test_outputs_have_the_scene_grid(env, china_map):
   assert written["threshold"] == 0.5
   assert sorted(p.name for p in out.iterdir()) == ["landslides.geojson", "landslides.tif",
                                                    "probability.tif"]
+  for name in ("probability.tif", "landslides.tif"):  # Cloud-Optimized GeoTIFFs, for QGIS
+    with rasterio.open(out / name) as src:
+      assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+      assert src.profile["compress"] == "deflate"
+
+
+def test_default_min_area_is_the_mapping_unit(tmp_path):
+  # Regions of 9, 10 and 11 pixels of 100 m2: the default keeps 1000 m2 and more.
+  import inspect  # pylint: disable=import-outside-toplevel
+  from launch import predict as launch_predict  # pylint: disable=import-outside-toplevel
+  assert predict.DEFAULT_MIN_AREA_M2 == 1000.0
+  assert inspect.signature(predict.predict_scene).parameters["min_area_m2"].default == 1000.0
+  assert launch_predict._MIN_AREA.default == 1000.0  # pylint: disable=protected-access
+  binary = np.zeros((20, 40), np.uint8)
+  binary[2, 0:9] = binary[6, 0:10] = binary[10, 0:11] = 1
+  grid = raster_io.Grid(rasterio.crs.CRS.from_user_input(conftest.SITE_CRS),
+                        rasterio.transform.from_origin(*conftest.ORIGIN, 10, 10), binary.shape)
+  raster_io.write_geotiff(tmp_path / "l.tif", binary, grid, nodata=255)
+  raster_io.write_geotiff(tmp_path / "p.tif", binary.astype(np.float32), grid, nodata=-1.0)
+  features = predict.landslide_polygons(tmp_path / "l.tif", tmp_path / "p.tif", predict.DEFAULT_MIN_AREA_M2)
+  assert sorted(f["properties"]["area_m2"] for f in features) == [1000.0, 1100.0]
 
 
 def test_geojson_polygons_match_the_landslide_pixels(env, china_map):
@@ -224,6 +248,92 @@ def test_block_size_does_not_change_the_result(env):
   for block in (32, 64):
     np.testing.assert_array_equal(maps[block], maps[1024], err_msg=f"block={block}")
   assert ((maps[1024] >= 0) & (maps[1024] <= 1)).all()
+
+
+def test_aoi_maps_only_its_window_and_cloud_mask_masks(env, tmp_path):
+  # The AOI box is aligned to whole windows: without overlap, its windows are windows of the whole
+  # scene, so its map equals the whole scene's map there.
+  s2, dem = env.raw / "china" / "s2.tif", env.raw / "china" / "dem.tif"
+  whole = predict.predict_probabilities(env.run, predict.scene_inputs(s2, dem), tmp_path / "whole",
+                                        overlap=0.0)
+  full, full_meta = _read(whole["probability"])
+  r0 = PATCH if full.shape[0] >= 3 * PATCH else 0  # the fixture scene may be only 2 windows tall
+  assert full.shape[0] >= r0 + 2 * PATCH and full.shape[1] >= 4 * PATCH
+  aoi = tmp_path / "aoi.geojson"
+  conftest.write_polygons(aoi, [conftest.pixel_box(r0, PATCH, 2 * PATCH, 3 * PATCH)], driver="GeoJSON")
+  clouds = np.zeros(full.shape, np.uint8)
+  clouds[r0 + 3:r0 + 9, PATCH + 5:PATCH + 20] = 1
+  cloud_tif = tmp_path / "clouds.tif"
+  with rasterio.open(cloud_tif, "w", driver="GTiff", height=clouds.shape[0], width=clouds.shape[1],
+                     count=1, dtype="uint8", crs=full_meta["crs"], transform=full_meta["transform"]) as dst:
+    dst.write(clouds, 1)
+  out = tmp_path / "aoi_map"
+  predict.predict_scene(env.workdir, s2, dem, out, overlap=0.0, aoi=aoi, cloud_mask=cloud_tif)
+  prob, meta = _read(out / "probability.tif")
+  assert prob.shape == (2 * PATCH, 3 * PATCH)
+  assert meta["transform"] == full_meta["transform"] @ rasterio.Affine.translation(PATCH, r0)
+  expected = full[r0:r0 + 2 * PATCH, PATCH:4 * PATCH]
+  cloudy = clouds[r0:r0 + 2 * PATCH, PATCH:4 * PATCH] == 1
+  assert (prob[cloudy] == predict.PROBABILITY_NODATA).all()
+  # Masked pixels enter the model as zeros, so the windows holding them differ; the others are equal.
+  window_has_cloud = np.zeros(prob.shape, bool)
+  for r in range(0, prob.shape[0], PATCH):
+    for c in range(0, prob.shape[1], PATCH):
+      window_has_cloud[r:r + PATCH, c:c + PATCH] = cloudy[r:r + PATCH, c:c + PATCH].any()
+  assert (~window_has_cloud).sum() >= 4 * PATCH * PATCH
+  np.testing.assert_allclose(prob[~window_has_cloud], expected[~window_has_cloud], atol=1e-5)
+  # An AOI outside the scene: one line, nothing written.
+  far = tmp_path / "far.geojson"
+  conftest.write_polygons(far, [conftest.pixel_box(5000, 5000, 10, 10)], driver="GeoJSON")
+  with pytest.raises(InputError, match="outside the Sentinel-2 scene"):
+    predict.predict_scene(env.workdir, s2, dem, tmp_path / "far_map", aoi=far)
+  _assert_nothing_written(tmp_path / "far_map")
+  # An AOI smaller than one model window: one line naming the AOI and the size to draw.
+  small = tmp_path / "small.geojson"
+  conftest.write_polygons(small, [conftest.pixel_box(r0, PATCH, PATCH // 2, PATCH // 2)], driver="GeoJSON")
+  with pytest.raises(InputError, match=f"smaller than the model's {PATCH} px window") as err:
+    predict.predict_scene(env.workdir, s2, dem, tmp_path / "small_map", aoi=small)
+  assert err.value.path == str(small) and f"at least {PATCH * 10} m across" in str(err.value)
+  _assert_nothing_written(tmp_path / "small_map")
+
+
+def test_safe_zip_with_dem_tiles_and_aoi_maps_like_the_geotiff(env, tmp_path, capsys):
+  # The China fixture's scene as a baseline 05.10 L2A product (zip, JPEG2000, DN + 1000) and its DEM cut
+  # in two tiles: the same maps as the GeoTIFF scene and the uncut DEM.
+  s2, dem = env.raw / "china" / "s2.tif", env.raw / "china" / "dem.tif"
+  with rasterio.open(s2) as src:
+    names = [d.upper().replace("B0", "B") for d in src.descriptions]
+    reflectance = {n: src.read(i + 1).astype(np.float64) / 10000.0 for i, n in enumerate(names)}
+    origin = (src.transform.c, src.transform.f)
+    crs = src.crs.to_string()
+  product = safe_fixtures.make_safe_product(tmp_path, reflectance, level="L2A", baseline="05.10", crs=crs,
+                                            origin=origin, as_zip=True)
+  tiles = tmp_path / "dem_tiles"
+  tiles.mkdir()
+  with rasterio.open(dem) as src:
+    values, profile = src.read(1), src.profile
+    half = src.width // 2
+    for name, cols in (("west.tif", slice(0, half)), ("east.tif", slice(half, src.width))):
+      part = values[:, cols]
+      with rasterio.open(tiles / name, "w", **{**profile, "width": part.shape[1],
+                                                "transform": src.transform @ rasterio.Affine.translation(cols.start, 0)}) as dst:
+        dst.write(part, 1)
+  aoi = tmp_path / "aoi.geojson"
+  conftest.write_polygons(aoi, [conftest.pixel_box(3, 5, 40, 70)], driver="GeoJSON")
+  maps = {}
+  for name, scene, dem_arg in (("geotiff", s2, dem), ("safe", product, tiles)):
+    capsys.readouterr()
+    predict.predict_scene(env.workdir, scene, dem_arg, tmp_path / name, aoi=aoi, min_area_m2=0.0)
+    maps[name] = _read(tmp_path / name / "probability.tif")
+  # The run was trained without offsets; the product's -1000 comes from its metadata and is applied,
+  # so the two agree and there is nothing to warn about.
+  printed = capsys.readouterr()
+  assert "s2_add_offset" not in printed.out + printed.err
+  assert maps["safe"][1] == maps["geotiff"][1] and maps["safe"][0].shape == (40, 70)
+  np.testing.assert_allclose(maps["safe"][0], maps["geotiff"][0], atol=1e-5)
+  # The product's metadata gives the offset; a flag saying otherwise is refused.
+  with pytest.raises(InputError, match="metadata gives the offsets"):
+    predict.predict_scene(env.workdir, product, tiles, tmp_path / "flag", s2_add_offset=-1000)
 
 
 def test_without_overlap_each_window_is_the_models_prediction(env):
@@ -321,8 +431,9 @@ def test_geotiff_scene_without_dem(env, tmp_path):
   with pytest.raises(InputError, match="no DEM given") as err:
     predict.predict_scene(env.workdir, scene, None, out)
   assert err.value.path == str(scene) and "--dem=" in str(err.value)
-  with pytest.raises(InputError, match="DEM file does not exist"):
+  with pytest.raises(InputError, match="DEM .*no_dem.tif.* does not exist") as err:
     predict.predict_scene(env.workdir, scene, tmp_path / "no_dem.tif", out)
+  assert err.value.path == str(tmp_path / "no_dem.tif")
   _assert_nothing_written(out)
   # The same through the command line: exit code 2 and one line.
   proc = subprocess.run([sys.executable, "-m", "launch.predict", f"--workdir={env.workdir}",
