@@ -194,3 +194,38 @@ def test_the_mosaic_vrt_is_temporary(tmp_path):
   assert not Path(source).exists()
   with dem_tiles.dem_source(tiles[:1]) as single:
     assert single == str(tiles[0])
+
+
+def test_a_geographic_dem_read_by_blocks_equals_the_whole_read(tmp_path):
+  # GDAL approximates the degrees -> UTM transformation per warped chunk; the DEM reader must not, or
+  # predict's blocks get other elevations than the whole scene (up to ~1.6 m here, ~0.1 degree of slope).
+  dem, transform, _ = _uncut_dem("glo30")
+  path = _write(tmp_path / "dem.tif", dem, transform)
+  whole = raster_io.read_dem_on_grid(path, SCENE, margin=1)
+  blocks = np.full_like(whole, np.nan)
+  size = 37  # divides neither side of the 120 px scene
+  for r in range(0, SCENE.shape[0], size):
+    for c in range(0, SCENE.shape[1], size):
+      h, w = min(size, SCENE.shape[0] - r), min(size, SCENE.shape[1] - c)
+      block = raster_io.Grid(SCENE.crs, SCENE.transform @ rasterio.Affine.translation(c, r), (h, w))
+      blocks[r + 1:r + 1 + h, c + 1:c + 1 + w] = raster_io.read_dem_on_grid(path, block, scene=SCENE)[1:-1, 1:-1]
+  np.testing.assert_array_equal(blocks[1:-1, 1:-1], whole[1:-1, 1:-1])
+
+
+def test_a_dem_finer_than_the_grid_is_averaged_on_its_own_lattice(tmp_path):
+  # A 2 m DEM under a 10 m grid aligned with it: each 10 m pixel centre is the centre of a 5 x 5 block
+  # of DEM pixels, so the answer is the block mean (not a point sample), whatever block is read.
+  rng = np.random.default_rng(3)
+  dem = (500 + 20 * rng.standard_normal((300, 300))).astype(np.float32)
+  path = tmp_path / "lidar.tif"
+  with rasterio.open(path, "w", driver="GTiff", height=300, width=300, count=1, dtype="float32",
+                     crs="EPSG:32654", transform=from_origin(500_000.0, 4_700_000.0, 2.0, 2.0)) as dst:
+    dst.write(dem, 1)
+  grid = raster_io.Grid(rasterio.crs.CRS.from_epsg(32654), from_origin(500_100.0, 4_699_900.0, 10.0, 10.0),
+                        (40, 40))
+  got = raster_io.read_dem_on_grid(path, grid, margin=0)
+  means = dem[50:250, 50:250].reshape(40, 5, 40, 5).astype(np.float64).mean(axis=(1, 3))
+  np.testing.assert_allclose(got, means, atol=1e-3)
+  block = raster_io.Grid(grid.crs, grid.transform @ rasterio.Affine.translation(13, 7), (11, 17))
+  np.testing.assert_array_equal(raster_io.read_dem_on_grid(path, block, margin=0, scene=grid),
+                                got[7:18, 13:30])

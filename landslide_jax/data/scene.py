@@ -58,7 +58,9 @@ def load_channels(inputs: site_inputs.SiteInputs, channels: tuple[str, ...],
   layers = dict(zip(bands, image))
   # The DEM is read even when no DEM channel is asked for: a DEM that does not cover the scene
   # means the inputs are not what the user thinks they are.
-  dem = raster_io.read_dem_on_grid(inputs.dem, grid, margin=1)
+  # A window's DEM is resampled relative to the whole scene, so it holds the whole scene's values.
+  scene = None if window is None else raster_io.scene_grid(inputs, bands)
+  dem = raster_io.read_dem_on_grid(inputs.dem, grid, margin=1, scene=scene)
   layers["dem"] = dem[1:-1, 1:-1]
   if "slope" in channels:
     layers["slope"] = slope_degrees(dem, grid.expanded(1).transform, grid.crs)[1:-1, 1:-1]
