@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pyogrio
 import pyogrio.errors
+import rasterio.errors
 import rasterio.features
 import rasterio.warp
 import shapely
@@ -18,15 +20,81 @@ from landslide_jax.data.site_inputs import RASTER_SUFFIXES
 from landslide_jax.errors import InputError
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
+# Files already warned about: launch.predict reads an AOI once per block, and one line per file is enough.
+_WARNED: set[tuple[str, int, int]] = set()
+
+
+def _leaves(geom) -> list:
+  """The members of a geometry, nested GeometryCollections opened (multi-geometries stay whole)."""
+  if geom.geom_type != "GeometryCollection":
+    return [geom]
+  return [leaf for part in geom.geoms for leaf in _leaves(part)]
+
+
+def _check_polygonal(path: str | os.PathLike, geoms: list) -> None:
+  """Refuses points and lines, also inside GeometryCollections: rasterize burns a line's pixels too."""
+  counts: dict[str, int] = {}
+  in_collections = 0
+  for geom in geoms:
+    bad = [g for g in _leaves(geom) if not g.is_empty and g.geom_type not in _POLYGONAL]
+    for g in bad:
+      counts[g.geom_type] = counts.get(g.geom_type, 0) + 1
+    if geom.geom_type == "GeometryCollection":
+      in_collections += len(bad)
+  if not counts:
+    return
+  kinds = sorted(counts)
+  detail = ", ".join(f"{counts[k]} {k}" for k in kinds)
+  if in_collections:
+    detail += f"; {in_collections} of them inside GeometryCollection features"
+  raise InputError(path, f"features must be polygons, found {', '.join(kinds)} ({detail})",
+                   "landslide inventories and areas are polygons: delete the points and lines or buffer "
+                   "them into polygons (ogr2ogr -explodecollections splits collections into single "
+                   "features)")
+
+
+def _repair(path: str | os.PathLike, geoms: list) -> list:
+  """Invalid polygons (self-intersections, duplicated or stray rings) repaired with shapely.make_valid.
+
+  GDAL burns an invalid ring by the even-odd rule, so a duplicated hole fills back in; the repair gives
+  the area a GIS user drew. The "structure" method unions overlapping parts (two overlapping polygons
+  of one MultiPolygon stay one landslide; the default "linework" method would cut their overlap out).
+  Only the polygonal parts of a repair are kept: a polygon collapsed to a line would be burnt as one.
+  """
+  invalid = ~shapely.is_valid(np.asarray(geoms, dtype=object))
+  if not invalid.any():
+    return geoms
+  reason = shapely.is_valid_reason(geoms[int(np.argmax(invalid))])
+  out = []
+  for geom, bad in zip(geoms, invalid):
+    if bad:
+      fixed = shapely.make_valid(geom, method="structure")
+      geom = shapely.union_all([g for g in _leaves(fixed) if g.geom_type in _POLYGONAL and not g.is_empty])
+    if not geom.is_empty:
+      out.append(geom)
+  try:
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)  # an edited file is warned about again
+  except OSError:  # a GDAL virtual path (/vsizip/...)
+    key = (os.fspath(path), 0, 0)
+  if key not in _WARNED:
+    _WARNED.add(key)
+    print(f"warning: {path}: repaired {int(invalid.sum())} invalid polygon feature(s) of {len(geoms)} "
+          f"(first: {reason}) with shapely.make_valid; check them in QGIS (Vector > Geometry Tools > "
+          "Check Validity) if the mask looks wrong", file=sys.stderr, flush=True)
+  return out
 
 
 def read_polygons(path: str | os.PathLike, dst_crs, layer: str | None = None) -> list[dict]:
   """Reads polygon features and returns them as GeoJSON-like geometries in `dst_crs`.
 
   Inventories in another CRS are reprojected, not rejected. Empty and null geometries are skipped.
+  GeometryCollections holding only polygons are accepted. Invalid (self-intersecting) polygons are
+  repaired with `shapely.make_valid`, with one warning line on stderr.
 
   Raises:
-    InputError: unreadable file, missing CRS, or non-polygon geometries (points or lines).
+    InputError: unreadable file, missing CRS, or non-polygon geometries (points or lines), also inside
+      GeometryCollections.
   """
   try:
     meta, _, wkb, _ = pyogrio.raw.read(path, layer=layer, read_geometry=True)
@@ -38,10 +106,8 @@ def read_polygons(path: str | os.PathLike, dst_crs, layer: str | None = None) ->
     raise InputError(path, "vector file has no CRS",
                      "assign one (ogr2ogr -a_srs EPSG:4326 out.gpkg in.shp)")
   geoms = [g for g in shapely.from_wkb(wkb) if g is not None and not g.is_empty]
-  kinds = sorted({g.geom_type for g in geoms} - set(_POLYGONAL) - {"GeometryCollection"})
-  if kinds:
-    raise InputError(path, f"features must be polygons, found {', '.join(kinds)}",
-                     "landslide inventories and areas are polygons; buffer points or lines first")
+  _check_polygonal(path, geoms)
+  geoms = _repair(path, geoms)
   if not geoms:
     return []
   mapped = [shapely.geometry.mapping(g) for g in geoms]
@@ -55,6 +121,42 @@ def rasterize_polygons(geometries: list[dict], grid: raster_io.Grid) -> np.ndarr
   return rasterio.features.rasterize(
       ((g, 1) for g in geometries), out_shape=grid.shape, transform=grid.transform, fill=0,
       all_touched=False, dtype=np.uint8)
+
+
+def _bounds_text(bounds, crs) -> str:
+  digits = 5 if crs.is_geographic else 0
+  return f"({', '.join(f'{v:.{digits}f}' for v in bounds)}, {crs})"
+
+
+def check_raster_overlap(path: str | os.PathLike, grid: raster_io.Grid, what: str) -> None:
+  """Raises InputError when a mask raster's footprint does not overlap `grid` at all.
+
+  Pixels a mask does not cover read as 0 ("not landslide", "not masked"), so a mask in the wrong CRS
+  or place would otherwise read as a valid, empty mask: a silent 0 px instead of thousands.
+
+  Args:
+    path: the raster.
+    grid: the whole scene grid (not a block of it: a mask may cover only part of the scene).
+    what: what the raster is ("inventory", "nodata mask"), for messages.
+  """
+  with raster_io.open_raster(path, what) as src:
+    raster_io.grid_of(src)  # no CRS or a rotated grid: its own one-line error
+    # The scene's bounds in the raster's CRS, as the reader computes the part it needs: the scene is
+    # small and valid in its own CRS, while a wrong raster's bounds may not transform at all.
+    try:
+      left, bottom, right, top = rasterio.warp.transform_bounds(grid.crs, src.crs, *grid.bounds,
+                                                                densify_pts=21)
+    except (rasterio.errors.RasterioError, rasterio.errors.CRSError, ValueError):
+      left = bottom = right = top = np.nan
+    s_left, s_bottom, s_right, s_top = src.bounds
+    overlap = (np.all(np.isfinite((left, bottom, right, top)))
+               and left < s_right and right > s_left and bottom < s_top and top > s_bottom)
+    if not overlap:
+      raise InputError(path, f"{what} raster does not overlap the scene: it covers "
+                       f"{_bounds_text(src.bounds, src.crs)}, the scene is "
+                       f"{_bounds_text(grid.bounds, grid.crs)}",
+                       "check it is the right site's file and that its CRS is set correctly "
+                       "(gdalinfo; gdal_edit.py -a_srs fixes a wrong CRS tag)")
 
 
 def read_mask(path: str | os.PathLike, grid: raster_io.Grid, what: str,
@@ -73,6 +175,8 @@ def read_mask(path: str | os.PathLike, grid: raster_io.Grid, what: str,
   """
   path = Path(path)
   if path.suffix.lower() in RASTER_SUFFIXES:
+    if require_features:
+      check_raster_overlap(path, grid, what)
     values = raster_io.read_onto_grid(path, grid, what, fill=0.0)
     mask = (values > 0).astype(np.uint8)
     if require_features and not mask.any():

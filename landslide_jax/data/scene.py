@@ -59,7 +59,7 @@ def load_channels(inputs: site_inputs.SiteInputs, channels: tuple[str, ...],
   # The DEM is read even when no DEM channel is asked for: a DEM that does not cover the scene
   # means the inputs are not what the user thinks they are.
   # A window's DEM is resampled relative to the whole scene, so it holds the whole scene's values.
-  scene = None if window is None else raster_io.scene_grid(inputs, bands)
+  scene = grid if window is None else raster_io.scene_grid(inputs, bands)
   dem = raster_io.read_dem_on_grid(inputs.dem, grid, margin=1, scene=scene)
   layers["dem"] = dem[1:-1, 1:-1]
   if "slope" in channels:
@@ -72,6 +72,9 @@ def load_channels(inputs: site_inputs.SiteInputs, channels: tuple[str, ...],
       raise InputError(inputs.aoi, "no valid Sentinel-2 pixel inside the area of interest",
                        "check the AOI lies on the scene's data (not its nodata or clouds)")
   if inputs.nodata_mask is not None:
+    # A mask in the wrong CRS or place would mask nothing, silently. Checked against the whole scene, not
+    # a block of it: a mask may cover only part of the scene.
+    inventory.check_raster_overlap(inputs.nodata_mask, scene, "nodata mask")
     # Pixels the mask tags nodata, or does not cover, read as 0: not masked.
     masked = raster_io.read_onto_grid(inputs.nodata_mask, grid, "nodata mask", fill=0.0) > 0
     valid &= ~masked

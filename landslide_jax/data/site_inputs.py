@@ -138,7 +138,48 @@ def _read_manifest(path: Path) -> dict:
   if unknown:
     raise InputError(path, f"unknown manifest key(s) {', '.join(unknown)}",
                      f"use only {', '.join(MANIFEST_KEYS)}")
+  _check_types(data, path)
   return data
+
+
+def _is_str_list(value) -> bool:
+  return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# The value type of each manifest key: (what it must be, test, an example to write). A wrong type would
+# otherwise end in a Python traceback (a band number where a name goes) or be read as something else (a
+# layer index 3 as the layer named "3"). Only types here: values (band names, units...) are checked where
+# they are read, and so are the keys missing here (s2_add_offset, dem, aoi, scl_mask_classes).
+_MANIFEST_TYPES = {
+    "sentinel2": ('a file name, a table band -> file name ({"B02": "B02.jp2", ...}) or a list of SAFE '
+                  "product names",
+                  lambda v: (isinstance(v, str) or _is_str_list(v) or (
+                      isinstance(v, dict) and all(isinstance(f, str) for f in v.values()))),
+                  "s2.tif"),
+    "bands": ("a list of band names", _is_str_list, ["B2", "B3", "B4", "B8"]),
+    "s2_units": ("a text", lambda v: isinstance(v, str), "dn"),
+    "s2_nodata": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), 0),
+    "inventory": ("a file name", lambda v: isinstance(v, str), "inventory.gpkg"),
+    "inventory_layer": ("a layer name", lambda v: isinstance(v, str), "landslides"),
+    "test_area": ("a file name", lambda v: isinstance(v, str), "test_area.gpkg"),
+    "nodata_mask": ("a file name", lambda v: isinstance(v, str), "cloud_mask.tif"),
+    "source": ("a text", lambda v: isinstance(v, str), constants.SOURCE_REAL),
+    "description": ("a text", lambda v: isinstance(v, str), "Eastern Iburi, 2018-09-11 post-event scene"),
+}
+# Keys whose null (JSON) means "not given", as if the key were absent.
+_NULLABLE_KEYS = ("sentinel2", "bands", "s2_nodata", "inventory_layer")
+
+
+def _check_types(spec: dict, manifest: Path) -> None:
+  """Raises InputError for the first key whose value has the wrong type (see `_MANIFEST_TYPES`)."""
+  for key, (expected, test, example) in _MANIFEST_TYPES.items():
+    if key not in spec or (spec[key] is None and key in _NULLABLE_KEYS) or test(spec[key]):
+      continue
+    found = json.dumps(spec[key], default=str)
+    found = found if len(found) <= 60 else found[:57] + "..."
+    value = json.dumps(example)  # JSON strings and lists of strings are TOML too
+    write = f'"{key}": {value}' if manifest.suffix == ".json" else f"{key} = {value}"
+    raise InputError(manifest, f"manifest key {key!r} must be {expected}, found {found}", f"write {write}")
 
 
 def _is_number(value) -> bool:
@@ -233,9 +274,7 @@ def find_site_inputs(site_dir: str | os.PathLike, require_inventory: bool = True
   spec = _read_manifest(manifest) if manifest else {}
 
   def named(key: str, required: bool, pattern: str, suffixes: tuple[str, ...]) -> Path | None:
-    if key in spec:
-      if not isinstance(spec[key], str):
-        raise InputError(manifest, f"{key!r} must be a file name", f"write {key} = \"file.tif\"")
+    if key in spec:  # a file name: _check_types saw to it
       return _existing(site_dir, spec[key], key, manifest)
     found = _find_one(site_dir, pattern, suffixes)
     if found is None and required:
@@ -297,8 +336,6 @@ def find_site_inputs(site_dir: str | os.PathLike, require_inventory: bool = True
     raise InputError(manifest, f"source {source!r} is unknown",
                      f"write source = \"{constants.SOURCE_REAL}\"")
   nodata = spec.get("s2_nodata")
-  if nodata is not None and not isinstance(nodata, (int, float)):
-    raise InputError(manifest, f"s2_nodata must be a number, got {nodata!r}", "write s2_nodata = 0")
   layer = spec.get("inventory_layer")
   offset_given = "s2_add_offset" in spec
   offsets = parse_add_offset(spec["s2_add_offset"] if offset_given else 0, manifest)
