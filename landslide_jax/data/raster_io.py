@@ -31,6 +31,13 @@ from landslide_jax.errors import InputError
 # Auto unit detection: Sentinel-2 reflectance rarely exceeds 1.0 (bright clouds ~1.5); DNs are ~0-10000.
 _REFLECTANCE_MAX = 2.0
 
+# Plausible digital numbers (10000 x reflectance, after s2_add_offset): baseline 04.00+ products store
+# DN + 1000 in uint16, so -1000..65535 is every value a real product can give.
+S2_DN_PLAUSIBLE = (-1000.0, 65535.0)
+# Bands whose 99th percentile is at most _REFLECTANCE_MAX are reflectance; at least this many DN are
+# digital numbers (the darkest real band, B2 over dense forest, has a p99 of a few hundred DN).
+_DN_MIN_P99 = 20.0
+
 # Offset check. Processing baseline 04.00 and later stores DN = 10000 x reflectance + 1000, so even the
 # darkest pixels (water, shadows: a few hundred DN in every band) read above 1000. A scene whose darkest
 # band has its 0.1th percentile of valid DN above OFFSET_DARK_DN, with no s2_add_offset given, gets a
@@ -48,6 +55,9 @@ _OFFSET_SAMPLE_PIXELS = 1_000_000  # the percentile is taken on a regular subsam
 DEM_FILL_MIN_PIXELS = 100
 DEM_FILL_JUMP_M = 100.0
 DEM_PLAUSIBLE_M = (-500.0, 9000.0)
+# A DEM coarser than this many scene pixels gives slopes of a few degrees everywhere (SRTM 90 m on the
+# 10 m grid is 9: still accepted).
+DEM_MAX_PIXEL_RATIO = 10.0
 _WARP_CHUNK_ROWS = 256  # output rows the DEM resampler handles at once (memory, not results)
 _WARP_NODE_STEP = 16  # pixels between exactly transformed positions when the DEM has another CRS
 
@@ -185,8 +195,60 @@ def read_sentinel2(inputs, bands: tuple[str, ...], window: rasterio.windows.Wind
   if units == "auto":
     units = _units_of(image, valid)
   offsets = s2_add_offsets(inputs, bands, units)
+  check_s2_values(image, valid, bands, units, offsets, inputs.s2_units, source)
   _warn_if_offset_missing(inputs, image, valid, units, source)
   return _to_dn(image, valid, units, offsets), valid, grid
+
+
+def check_s2_values(image: np.ndarray, valid: np.ndarray, bands: tuple[str, ...], units: str,
+                    offsets: dict[str, float], declared: str, source: str | os.PathLike) -> None:
+  """Refuses Sentinel-2 values that no product gives, before they become a silently wrong dataset.
+
+  `image` holds the stored values (C, H, W) of `bands` (before unit scaling and offsets), `units` what
+  they are taken to be, `declared` the manifest's `s2_units`. Checked per band on valid pixels: bands in
+  different units (one in reflectance, the others in DN); units that contradict the values (reflectance
+  declared for DN data, or DN for reflectance); negative stored DN with an offset still to add (the
+  offset looks applied already); values outside S2_DN_PLAUSIBLE once in DN.
+
+  Raises:
+    InputError: naming the band, what its values are, and the likely cause.
+  """
+  if not valid.any():
+    return
+  step = max(1, int(np.sqrt(valid.size / _OFFSET_SAMPLE_PIXELS)))
+  sample = valid[::step, ::step]
+  stored = [layer[::step, ::step][sample] for layer in image]
+  p99 = {b: float(np.percentile(v, 99)) for b, v in zip(bands, stored)}
+  small = [b for b in bands if p99[b] <= _REFLECTANCE_MAX]
+  large = [b for b in bands if p99[b] >= _DN_MIN_P99]
+  if small and large:
+    raise InputError(source, f"bands in different units: {', '.join(small)} look like reflectance "
+                     f"(99th percentile {', '.join(f'{p99[b]:.3g}' for b in small)}), "
+                     f"{', '.join(large)} like digital numbers", "export every band in the same units "
+                     "(all digital numbers, or all reflectance)")
+  if declared == "reflectance" and large:
+    raise InputError(source, f"s2_units is reflectance, but {large[0]} holds digital numbers (99th "
+                     f"percentile {p99[large[0]]:.0f})", "set \"s2_units\": \"dn\" (or \"auto\") in "
+                     "manifest.json")
+  if declared == "dn" and small:
+    raise InputError(source, f"s2_units is dn, but {small[0]} holds reflectance (99th percentile "
+                     f"{p99[small[0]]:.3g})", "set \"s2_units\": \"reflectance\" (or \"auto\") in "
+                     "manifest.json")
+  scale = constants.S2_DN_PER_REFLECTANCE if units == "reflectance" else 1.0
+  for band, values in zip(bands, stored):
+    offset = offsets.get(band, 0.0) if units == "dn" else 0.0
+    low, high = float(values.min()), float(values.max())
+    if offset and low < 0:
+      raise InputError(source, f"{band} holds negative digital numbers (down to {low:g}) and "
+                       f"s2_add_offset {offset:g} is still to be added: the offset looks applied already",
+                       "drop s2_add_offset (or --s2_add_offset) for data whose offset is applied")
+    dn_low, dn_high = low * scale + offset, high * scale + offset
+    if dn_low < S2_DN_PLAUSIBLE[0] or dn_high > S2_DN_PLAUSIBLE[1]:
+      raise InputError(source, f"{band} values reach {dn_low if dn_low < S2_DN_PLAUSIBLE[0] else dn_high:g} "
+                       f"as digital numbers (10000 x reflectance), outside the {S2_DN_PLAUSIBLE[0]:g} to "
+                       f"{S2_DN_PLAUSIBLE[1]:g} a Sentinel-2 product can hold",
+                       "check the band is Sentinel-2 reflectance or DN (not a difference, index or scaled "
+                       "export), and its s2_units, s2_nodata and s2_add_offset")
 
 
 def s2_source(inputs, bands: tuple[str, ...]) -> Path:
@@ -269,10 +331,11 @@ def resolve_s2_units(inputs, bands: tuple[str, ...], check_offset: bool = False)
   read of the whole scene (cheap, and the same for every block). Block-wise readers resolve it once and
   pass inputs with it set, so the overview is not read again for each block.
 
-  With `check_offset`, the same overview also feeds the warning for DN data that look offset while no
-  `s2_add_offset` was given (block reads do not check, so block-wise readers ask here, once a scene).
+  With `check_offset`, the same overview also feeds `check_s2_values` and the warning for DN data that
+  look offset while no `s2_add_offset` was given (block reads do not check, so block-wise readers ask
+  here, once a scene).
   """
-  check = check_offset and not inputs.s2_add_offset_given and inputs.s2_units != "reflectance"
+  check = check_offset
   if inputs.s2_units != "auto" and not check:
     return inputs.s2_units
   grid = scene_grid(inputs, bands)
@@ -280,7 +343,10 @@ def resolve_s2_units(inputs, bands: tuple[str, ...], check_offset: bool = False)
   image, valid, _ = _read_s2_pixels(inputs, bands, None, step=step)
   units = _units_of(image, valid) if inputs.s2_units == "auto" else inputs.s2_units
   if check:
-    _warn_if_offset_missing(inputs, image, valid, units, s2_source(inputs, bands))
+    source = s2_source(inputs, bands)
+    check_s2_values(image, valid, bands, units, s2_add_offsets(inputs, bands, units), inputs.s2_units,
+                    source)
+    _warn_if_offset_missing(inputs, image, valid, units, source)
   return units
 
 
@@ -575,6 +641,13 @@ def _read_dem_source(source: str, path: Path, grid: Grid, margin: int, anchor: G
       raise InputError(path, f"DEM does not cover the scene (DEM bounds {left:.0f}, {bottom:.0f}, "
                        f"{right:.0f}, {top:.0f}; scene {s_left:.0f}, {s_bottom:.0f}, {s_right:.0f}, "
                        f"{s_top:.0f} in {grid.crs})", "provide a DEM mosaic that covers the whole scene")
+    lat = (src.bounds.bottom + src.bounds.top) / 2 if src.crs.is_geographic else 0.0
+    dem_m = _pixel_size_m(src.crs, src.transform, lat)
+    grid_m = _pixel_size_m(grid.crs, grid.transform, lat)
+    if dem_m > DEM_MAX_PIXEL_RATIO * grid_m:
+      raise InputError(path, f"DEM pixels are about {dem_m:.0f} m, {dem_m / grid_m:.0f} times the scene's "
+                       f"{grid_m:g} m: slope from it would be nearly flat everywhere",
+                       "use a DEM of 30 m (ALOS AW3D30, Copernicus GLO-30) or finer")
     big = grid.expanded(margin)
     window = _covering_window(src, big)
     dem = read_band(src, 1, "DEM", window=window).astype(np.float32)
