@@ -232,6 +232,9 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
                  threshold: float | None = None, sweep_thresholds: bool = False,
                  write_maps: bool = True) -> dict:
   """Scores a run's checkpoint on its test sets and writes `<workdir>/eval/metrics.json` and maps."""
+  if threshold is not None and not 0.0 < threshold < 1.0:  # also catches NaN
+    raise InputError(None, f"--threshold={threshold} is not strictly between 0 and 1",
+                     "pass e.g. --threshold=0.5")
   run = load_run(workdir, checkpoint)
   config = run.config
   data_dir = train.dataset_root(config, data_dir)

@@ -277,6 +277,22 @@ def check_config(config: TrainConfig) -> None:
   if config.max_epochs <= 0 or config.patience < 0 or config.learning_rate <= 0:
     raise InputError(None, "--max_epochs and --learning_rate must be positive, --patience >= 0",
                      "check the flag values")
+  # NaN passes every comparison above, so finiteness is checked by itself. launch.train stops these at
+  # flag parsing already; this guards runs built in code (launch.sweep, notebooks) before the workdir exists.
+  if not math.isfinite(config.learning_rate):
+    raise InputError(None, f"--learning_rate={config.learning_rate} is not finite",
+                     "pass e.g. --learning_rate=0.001")
+  if not 0.0 < config.threshold < 1.0:
+    raise InputError(None, f"--threshold={config.threshold} is not strictly between 0 and 1",
+                     "pass e.g. --threshold=0.5")
+  if not (math.isfinite(config.pos_weight) and config.pos_weight > 0):
+    raise InputError(None, f"--pos_weight={config.pos_weight} is not a finite number > 0",
+                     "pass e.g. --pos_weight=1")
+  if not (math.isfinite(config.min_delta) and config.min_delta >= 0):
+    raise InputError(None, f"--min_delta={config.min_delta} is not a finite number >= 0",
+                     "pass e.g. --min_delta=0")
+  if not 0 <= config.seed < 2**63:  # numpy refuses negative seeds, jax.random.key ones beyond int64
+    raise InputError(None, f"--seed={config.seed} is outside [0, 2**63)", "pass e.g. --seed=0")
 
 
 def dataset_root(config: TrainConfig, data_dir: str | os.PathLike | None = None) -> Path:

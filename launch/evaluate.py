@@ -1,6 +1,8 @@
 """Scores a trained run from its checkpoint and writes test-area maps:
 `python -m launch.evaluate --workdir=runs/china-unet-p128`."""
 
+from pathlib import Path
+
 from absl import app, flags
 
 from landslide_jax import cli, evaluate
@@ -12,14 +14,30 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the r
 _THRESHOLD = flags.DEFINE_float("threshold", None, "Probability threshold (default: the run's, 0.5).")
 _SWEEP = flags.DEFINE_bool("sweep_thresholds", False, "Also print a precision-recall table over thresholds.")
 
+# Checked at parsing, before the run is loaded or anything is written.
+cli.check_folder(_WORKDIR, fix="pass the run folder made by launch.train")
+cli.check_folder(_DATA_DIR)
+cli.check_probability(_THRESHOLD)
+
+
+def _evaluate() -> None:
+  result = evaluate.evaluate_run(
+      _WORKDIR.value, test_sets=tuple(_TEST_SITES.value) if _TEST_SITES.value else None,
+      checkpoint=_CHECKPOINT.value, data_dir=_DATA_DIR.value, threshold=_THRESHOLD.value,
+      sweep_thresholds=_SWEEP.value)
+  # The scores table says what was scored, not where it went: <workdir>/eval (README, launch.evaluate).
+  out = Path(result["workdir"]) / "eval"
+  where = f"wrote {out / 'metrics.json'}"
+  if result["maps"]:
+    where += (f" and the maps of {', '.join(result['maps'])} in {out} (<site>_probability.tif, "
+              "<site>_landslides.tif, <site>_quicklook.png)")
+  print(where, flush=True)
+
 
 def main(argv):
   del argv
-  cli.run_reporting_input_errors(lambda: evaluate.evaluate_run(
-      _WORKDIR.value, test_sets=tuple(_TEST_SITES.value) if _TEST_SITES.value else None,
-      checkpoint=_CHECKPOINT.value, data_dir=_DATA_DIR.value, threshold=_THRESHOLD.value,
-      sweep_thresholds=_SWEEP.value))
+  cli.run_reporting_input_errors(_evaluate)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

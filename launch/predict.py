@@ -26,6 +26,13 @@ _S2_ADD_OFFSET = flags.DEFINE_float(
     "s2_add_offset", None, "DN added to every stored Sentinel-2 band: -1000 for products of processing "
     "baseline 04.00 and later (BOA_ADD_OFFSET / RADIO_ADD_OFFSET). Default: the manifest's, else 0.")
 
+# Checked at parsing, before the run is loaded or anything is written.
+cli.check_folder(_WORKDIR, fix="pass the run folder made by launch.train")
+cli.check_folder(_OUT)
+cli.check_probability(_THRESHOLD)
+cli.check_non_negative(_MIN_AREA)
+cli.check_finite(_S2_ADD_OFFSET, example=-1000)
+
 
 def main(argv):
   del argv
@@ -37,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -10,15 +10,24 @@ from landslide_jax import cli, constants, prepare
 _SITE = flags.DEFINE_enum("site", "all", ("all",) + prepare.PREPARABLE, "Site to build; all = the paper's three.")
 _PATCH = flags.DEFINE_multi_enum("patch", [str(p) for p in constants.PATCH_SIZES],
                                  [str(p) for p in constants.PATCH_SIZES], "Patch size(s); repeat the flag for several.")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder with one raw-input folder per site; "
-                                  "omit to use the built-in synthetic demo scenes.")
+_MANUAL_DIR = flags.DEFINE_string(
+    "manual_dir", None, "Folder with one raw-input folder per site; for --site=landslide4sense, the folder "
+    "holding TrainData/img/image_N.h5 and TrainData/mask/mask_N.h5 (or its parent, holding "
+    "landslide4sense/TrainData). Omit to use the built-in synthetic demo scenes.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
-_CHANNELS = flags.DEFINE_string("channels", ",".join(constants.DEFAULT_CHANNELS),
-                                f"Comma-separated input channels from: {', '.join(constants.SITE_CHANNELS)}.")
+_CHANNELS = flags.DEFINE_string(
+    "channels", ",".join(constants.DEFAULT_CHANNELS),
+    f"Comma-separated input channels from: {', '.join(constants.SITE_CHANNELS)}; with "
+    f"--site=landslide4sense from: {', '.join(constants.L4S_CHANNELS)}.")
 _DEMO_SCALE = flags.DEFINE_float("demo_scale", 1.0, "Area of the demo scenes relative to the paper's sites.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild datasets whose raw inputs changed.")
 _MAX_NODATA = flags.DEFINE_float("max_nodata_fraction", constants.MAX_NODATA_FRACTION,
                                  "Drop windows with a larger share of nodata pixels.")
+
+# Checked at parsing, before the demo scenes or any dataset are written.
+cli.check_positive(_DEMO_SCALE)
+cli.check_folder(_DATA_DIR)
+cli.check_folder(_MANUAL_DIR, fix="pass the folder of raw inputs (--helpshort says what it holds)")
 
 
 def main(argv):
@@ -30,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -18,16 +18,26 @@ _DEMO_SCALE = flags.DEFINE_float("demo_scale", 1.0, "Area of the demo scenes rel
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of every run.")
 _LOSS_WEIGHTS = flags.DEFINE_string("loss_weights", "none", "Pixel loss weights of every run: none | class | unet.")
 
+# Checked at parsing, before any run folder is made.
+cli.check_seed(_SEED)
+cli.check_positive(_DEMO_SCALE)
+for _folder in (_OUT, _WORKDIR, _DATA_DIR):
+  cli.check_folder(_folder)
+cli.check_folder(_MANUAL_DIR, fix="pass the folder of raw inputs (--helpshort says what it holds)")
+
 
 def main(argv):
   del argv
+  # The runs report their names as they go and the tables their count at the end; say where both live.
+  print(f"runs in {sweep.run_dir(_WORKDIR.value, '<scenario>', '<model>', '<patch>')}, "
+        f"tables and figures in {_OUT.value}", flush=True)
   cli.run_reporting_input_errors(lambda: sweep.sweep_from_flags(
       scenarios=_SCENARIOS.value, patches=_PATCHES.value, models=_MODELS.value, out=_OUT.value,
       workdir_root=_WORKDIR.value, base=train.TrainConfig(
           max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value, data_dir=_DATA_DIR.value,
           manual_dir=_MANUAL_DIR.value, demo_scale=_DEMO_SCALE.value, seed=_SEED.value,
-          loss_weights=_LOSS_WEIGHTS.value)))
+          loss_weights=_LOSS_WEIGHTS.value)), resumable=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
