@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from rasterio.transform import from_origin
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# The real samples: ../shared/data beside the checkout, or wherever LANDSLIDE_JAX_SAMPLE_DATA points.
+SHARED_DATA = Path(os.environ.get("LANDSLIDE_JAX_SAMPLE_DATA") or ROOT.parent / "shared" / "data")
 
 SITE_CRS = "EPSG:32648"
 ORIGIN = (500_000.0, 3_700_000.0)  # UTM 48N, near the China site
@@ -26,7 +28,8 @@ def shared_path(*parts: str) -> Path:
   """A path under ../shared/data, or skip the test with the reason when it is absent."""
   path = SHARED_DATA.joinpath(*parts)
   if not path.exists():
-    pytest.skip(f"real sample data not available: {path} does not exist (../shared/data is optional)")
+    pytest.skip(f"real sample data not available: {path} does not exist (../shared/data is optional; "
+                "LANDSLIDE_JAX_SAMPLE_DATA=<folder> points elsewhere)")
   return path
 
 

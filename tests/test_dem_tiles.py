@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.errors
 from rasterio.transform import from_origin
 
 from landslide_jax.data import dem_tiles, raster_io
@@ -158,6 +159,7 @@ def test_a_void_in_a_tile_is_refused_where_it_reaches_the_scene_and_ignored_else
   assert str(err.value).startswith(f"{tmp_path / 'near'}: ") and "gdal_fillnodata" in str(err.value)
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # the truncated tile
 def test_tiles_that_cannot_be_mosaicked_are_refused(tmp_path):
   dem, transform, _ = _uncut_dem("aw3d30")
   tiles = _cut("aw3d30", tmp_path, dem, transform)

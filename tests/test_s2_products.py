@@ -167,7 +167,7 @@ def test_dem_tiles_give_the_slope_of_the_uncut_dem(products, tmp_path):
     part = dem[r0:r0 + 13, c0:c0 + 13]
     with rasterio.open(site / "tiles" / f"tile_{i}.tif", "w", driver="GTiff", height=13, width=13,
                        count=1, dtype="float32", crs=CRS,
-                       transform=transform * rasterio.Affine.translation(c0, r0)) as dst:
+                       transform=transform @ rasterio.Affine.translation(c0, r0)) as dst:
       dst.write(part, 1)
   tiled = scene_lib.load_scene(site, ("B2", "slope"), "tiles")
   np.testing.assert_allclose(tiled.image[1], whole.image[1], atol=1e-3)
@@ -188,7 +188,7 @@ def test_aoi_cuts_the_scene_to_its_window(products, tmp_path):
   write_polygons(site / "aoi.geojson", [triangle], crs=CRS, driver="GeoJSON")
   cut = scene_lib.load_scene(site, ("B2", "B11", "slope"), "aoi")
   assert cut.grid.shape == (30, 40)
-  assert cut.grid.transform == whole.grid.transform * rasterio.Affine.translation(5, 10)
+  assert cut.grid.transform == whole.grid.transform @ rasterio.Affine.translation(5, 10)
   inside = cut.valid
   np.testing.assert_allclose(cut.image[:, inside], whole.image[:, 10:40, 5:45][:, inside], atol=1e-3)
   # Pixels outside the triangle are not part of the study area.

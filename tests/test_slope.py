@@ -16,8 +16,9 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
 from landslide_jax.data.slope import slope_degrees
+from tests.conftest import SHARED_DATA
 
-_SHARED_DEM_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jiuzhaigou_dem"
+_SHARED_DEM_DIR = SHARED_DATA / "jiuzhaigou_dem"
 _REAL_DEM = _SHARED_DEM_DIR / "DEM_030.tif"
 _REAL_10M_GRID = _SHARED_DEM_DIR / "Test_010.tif"
 _GDAL_NODATA = -9999.0
