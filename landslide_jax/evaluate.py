@@ -231,7 +231,8 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
                  checkpoint: str = "best", data_dir: str | os.PathLike | None = None,
                  threshold: float | None = None, sweep_thresholds: bool = False,
                  write_maps: bool = True) -> dict:
-  """Scores a run's checkpoint on its test sets and writes `<workdir>/eval/metrics.json` and maps."""
+  """Scores a run's checkpoint on its test sets and writes `<workdir>/eval/metrics.json` (named by
+  `metrics_file_name` for a subset of test sets, another checkpoint or threshold) and the maps."""
   if threshold is not None and not 0.0 < threshold < 1.0:  # also catches NaN
     raise InputError(None, f"--threshold={threshold} is not strictly between 0 and 1",
                      "pass e.g. --threshold=0.5")
@@ -277,9 +278,29 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
             "test": {k: results[k] for k in test_sets}, "maps": maps}
   if sweep_thresholds:
     result["threshold_sweep"] = sweeps
-  files.write_text_atomically(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+  metrics_path = out_dir / metrics_file_name(test_sets, valid_sets, checkpoint,
+                                             None if threshold == config.threshold else threshold)
+  files.write_text_atomically(metrics_path, json.dumps(result, indent=2) + "\n")
   print(format_table(result), flush=True)
+  where = f"wrote {metrics_path}"
+  if maps:
+    where += (f" and the maps of {', '.join(maps)} in {out_dir} (<site>_probability.tif, "
+              "<site>_landslides.tif, <site>_quicklook.png)")
+  print(where, flush=True)
   return result
+
+
+def metrics_file_name(test_sets: tuple[str, ...], all_sets: tuple[str, ...], checkpoint: str,
+                      threshold: float | None) -> str:
+  """`metrics.json` for the run's own evaluation (every test set, best checkpoint, the run's
+  threshold); otherwise a name saying what differs, e.g. `metrics_china.json`,
+  `metrics_latest_t0.3.json`, so a partial or diagnostic evaluation never overwrites the full one."""
+  parts = [] if checkpoint == "best" else [str(checkpoint)]
+  if set(test_sets) != set(all_sets):
+    parts.append("-".join(test_sets))
+  if threshold is not None:
+    parts.append(f"t{threshold:g}")
+  return "_".join(["metrics", *parts]) + ".json"
 
 
 def format_table(result: dict) -> str:

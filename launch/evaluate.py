@@ -1,8 +1,6 @@
 """Scores a trained run from its checkpoint and writes test-area maps:
 `python -m launch.evaluate --workdir=runs/china-unet-p128`."""
 
-from pathlib import Path
-
 from absl import app, flags
 
 from landslide_jax import cli, evaluate
@@ -21,17 +19,10 @@ cli.check_probability(_THRESHOLD)
 
 
 def _evaluate() -> None:
-  result = evaluate.evaluate_run(
+  evaluate.evaluate_run(
       _WORKDIR.value, test_sets=tuple(_TEST_SITES.value) if _TEST_SITES.value else None,
       checkpoint=_CHECKPOINT.value, data_dir=_DATA_DIR.value, threshold=_THRESHOLD.value,
       sweep_thresholds=_SWEEP.value)
-  # The scores table says what was scored, not where it went: <workdir>/eval (README, launch.evaluate).
-  out = Path(result["workdir"]) / "eval"
-  where = f"wrote {out / 'metrics.json'}"
-  if result["maps"]:
-    where += (f" and the maps of {', '.join(result['maps'])} in {out} (<site>_probability.tif, "
-              "<site>_landslides.tif, <site>_quicklook.png)")
-  print(where, flush=True)
 
 
 def main(argv):

@@ -220,7 +220,10 @@ def test_cli_threshold_and_sweep_flags(env, evaluated, predicted, tmp_path):
       timeout=SUBPROCESS_TIMEOUT, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "precision-recall sweep, china:" in proc.stdout
-  written = run_fixtures.read_json(view / "eval" / "metrics.json")
+  # A subset at another threshold gets its own file, named by what differs, and says where it went.
+  written = run_fixtures.read_json(view / "eval" / "metrics_china-all_t0.3.json")
+  assert f"wrote {view / 'eval' / 'metrics_china-all_t0.3.json'} and the maps of china" in proc.stdout
+  assert not (view / "eval" / "metrics.json").exists()
   assert written["threshold"] == 0.3 and list(written["test"]) == ["china", "all"]
   assert set(written["threshold_sweep"]) == {"china", "all"}
   expected = _expected_scores(predicted, 0.3)
