@@ -31,6 +31,7 @@ SWEEP_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.1), 2))
 # Quicklook colours (RGB 0-1): the paper's Figs. 6-9 show hits, false alarms and misses over the image.
 COLOURS = {"true positive": (1.0, 0.85, 0.0), "false positive": (0.9, 0.1, 0.1),
            "false negative": (0.1, 0.6, 1.0)}
+NOT_SCORED_LABEL = "clouds / nodata (not scored)"
 
 
 @dataclasses.dataclass
@@ -220,8 +221,11 @@ def quicklook(path: Path, rgb: np.ndarray | None, predicted: np.ndarray, truth: 
   ax.imshow(canvas, interpolation="nearest")
   ax.set_title(title)
   ax.set_axis_off()
-  ax.legend(handles=[mpatches.Patch(color=c, label=n) for n, c in COLOURS.items()],
-            loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=3, frameon=False, fontsize=8)
+  # White is not "no landslide": those pixels were never scored, so the legend says so.
+  handles = [mpatches.Patch(color=c, label=n) for n, c in COLOURS.items()]
+  handles.append(mpatches.Patch(facecolor="white", edgecolor="0.6", label=NOT_SCORED_LABEL))
+  ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=4, frameon=False,
+            fontsize=8)
   fig.savefig(path, bbox_inches="tight")
   plt.close(fig)
   return path

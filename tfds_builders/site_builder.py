@@ -22,12 +22,15 @@ from landslide_jax import constants
 from landslide_jax.data import normalization, patching, scene as scene_lib, site_inputs, split
 from landslide_jax.errors import InputError
 
-VERSION = tfds.core.Version("1.1.0")
+VERSION = tfds.core.Version("1.2.0")
 RELEASE_NOTES = {
     "1.0.0": "First release: paper channels, 3:2 split, validation block.",
     "1.1.0": "Validation and test windows cover their whole area (zero-padded at its edges, valid = 0 "
              "outside it), so every valid pixel is scored once; metadata: valid_pixels per area, "
              "s2_add_offset.",
+    "1.2.0": "DEM resampled exactly onto the Sentinel-2 grid (GDAL's warper approximated the transformation "
+             "per chunk: slope differed by up to ~0.1 degree on geographic DEMs); inputs may be SAFE "
+             "products, DEM tiles and an area of interest.",
 }
 FILE_FORMAT = "array_record"
 
