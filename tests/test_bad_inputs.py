@@ -219,7 +219,40 @@ def test_nan_in_dem_margin_is_fine(make_site, tmp_path):
 def test_patch_larger_than_area(make_site, tmp_path):
   site = make_site("china", shape=(100, 150))
   _expect_input_error(_build(site, tmp_path / "tfds", patch=128), tmp_path / "tfds",
-                      "china", "no 128 px window fits", "smaller --patch")
+                      "china", "validation block needs 128 lines", "smaller --patch")
+
+
+def test_test_area_over_the_whole_scene_is_not_a_patch_size_problem(make_site, tmp_path):
+  site = make_site("china", shape=SHAPE, manifest={"test_area": "test_area.gpkg"})
+  write_polygons(site / "test_area.gpkg", [pixel_box(-5, -5, SHAPE[0] + 10, SHAPE[1] + 10)])
+  message = str(_expect_input_error(_build(site, tmp_path / "tfds"), tmp_path / "tfds", "china",
+                                    "area is empty", "test area covers the whole scene"))
+  assert "--patch" not in message
+
+
+def _clouds(site: Path, clouds: np.ndarray) -> None:
+  with rasterio.open(site / "clouds.tif", "w", driver="GTiff", height=SHAPE[0], width=SHAPE[1], count=1,
+                     dtype="uint8", crs=SITE_CRS, transform=from_origin(*ORIGIN, 10, 10)) as dst:
+    dst.write(clouds, 1)
+
+
+def test_a_mostly_cloudy_scene_names_the_clouds_not_the_patch(make_site, tmp_path):
+  site = make_site("china", shape=SHAPE, manifest={"nodata_mask": "clouds.tif"})
+  clouds = np.ones(SHAPE, np.uint8)
+  clouds[:, :3] = 0  # a 3 px stripe of data
+  _clouds(site, clouds)
+  message = str(_expect_input_error(_build(site, tmp_path / "tfds"), tmp_path / "tfds", "china",
+                                    "only 0.5% of the scene has data", "clearer scene"))
+  assert "--patch" not in message
+
+
+def test_windows_dropped_for_nodata_name_the_threshold(make_site, tmp_path):
+  site = make_site("china", shape=SHAPE, manifest={"nodata_mask": "clouds.tif"})
+  _clouds(site, (np.random.default_rng(0).random(SHAPE) < 0.3).astype(np.uint8))  # scattered clouds
+  message = str(_expect_input_error(_build(site, tmp_path / "tfds", max_nodata_fraction=0.1),
+                                    tmp_path / "tfds", "china", "window of the train area is more than 10% "
+                                    "nodata", "--max_nodata_fraction"))
+  assert "smaller --patch" not in message
 
 
 # ----------------------------------------------------------------------------------------------------------

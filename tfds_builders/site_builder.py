@@ -126,11 +126,9 @@ class SiteBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                if code == split.TRAIN else patching.cover_grid(labels, scene.valid, code, config.patch))
         for code, name in split.AREA_NAMES.items()
     }
-    for name, grid in grids.items():
-      if len(grid) == 0:
-        raise InputError(site_dir, f"no {config.patch} px window fits in the {name} area "
-                         f"(scene {scene.grid.shape[0]}x{scene.grid.shape[1]} px)",
-                         "choose a smaller --patch or a larger scene")
+    for code, name in split.AREA_NAMES.items():
+      if len(grids[name]) == 0:
+        raise _no_window_error(site_dir, scene, labels == code, name, grids[name], config)
     train_valid = grids["train"].windows(scene.valid)
     stats = normalization.channel_stats(grids["train"].windows(scene.image), train_valid,
                                         scene.channels)
@@ -196,3 +194,33 @@ class SiteBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           "col": c,
           "site": self.SITE,
       }
+
+
+def _no_window_error(site_dir: Path, scene, area: np.ndarray, name: str, grid: patching.PatchGrid,
+                     config: "SitePatchConfig") -> InputError:
+  """The error for an area without a single window, with the fix for its actual cause."""
+  where = f"(scene {scene.grid.shape[0]}x{scene.grid.shape[1]} px)"
+  valid_share = float(scene.valid.mean())
+  if not area.any():
+    if scene.test_area is not None and (scene.test_area.astype(bool) | ~scene.valid).all():
+      return InputError(site_dir, f"the {name} area is empty {where}: the test area covers the whole "
+                        "scene", "draw test_area over part of the scene (the paper keeps 3/5 for training)")
+    if valid_share < 0.5:
+      return InputError(site_dir, f"the {name} area is empty {where}: only {valid_share:.1%} of the scene "
+                        "has data (clouds, nodata, outside the AOI)",
+                        "use a clearer scene, or check the nodata mask's polarity (non-zero = invalid)")
+    return InputError(site_dir, f"the {name} area is empty {where}: at {config.patch} px the validation "
+                      f"block needs {config.patch} lines of the training area",
+                      "choose a smaller --patch or a larger scene")
+  valid = int((area & scene.valid).sum())
+  if valid == 0:
+    return InputError(site_dir, f"the {name} area has no valid pixel {where}: all of it is nodata or "
+                      "masked (clouds, nodata_mask, outside the AOI)",
+                      "check the scene and masks cover that area, or move test_area")
+  if grid.dropped_nodata:
+    return InputError(site_dir, f"every {config.patch} px window of the {name} area is more than "
+                      f"{config.max_nodata_fraction:.0%} nodata ({grid.dropped_nodata} windows dropped; "
+                      f"{valid / area.sum():.0%} of the area is valid)",
+                      "use a clearer scene, or raise launch.prepare --max_nodata_fraction")
+  return InputError(site_dir, f"no {config.patch} px window fits in the {name} area {where}",
+                    "choose a smaller --patch or a larger scene")
