@@ -9,14 +9,20 @@ therefore use small batches and variables filled with NumPy randoms of the init'
 from __future__ import annotations
 
 import collections
+import contextlib
+import importlib
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import orbax.checkpoint as ocp
 import pytest
+from flax.training import early_stopping
 
-from landslide_jax.models import MODELS, ResUNet, UNet, create_model
+from landslide_jax import train
+from landslide_jax.models import MODELS, ResUNet, UNet, create_model, layers
 
 # --------------------------------------------------------------------------------------------------------
 # Helpers.
@@ -442,3 +448,131 @@ def test_create_model_rejects_unknown_names_listing_the_valid_ones():
   assert isinstance(create_model("unet"), UNet)
   assert isinstance(create_model("resunet", axis_name="batch"), ResUNet)
   assert create_model("resunet", axis_name="batch").axis_name == "batch"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Decoders: models.layers.UpConv2x2 in place of nn.ConvTranspose, with the same parameter tree, outputs
+# and checkpoints.
+
+
+def _legacy_upconv(features: int, dtype=None, name=None) -> nn.Module:
+  """What the decoders built before UpConv2x2: flax's ConvTranspose, auto-named (`name` is dropped, so
+  the reference tree keeps flax's own names rather than the ones the models now pass)."""
+  del name
+  return nn.ConvTranspose(features, (2, 2), strides=(2, 2), dtype=dtype)
+
+
+@pytest.fixture
+def legacy():
+  """A context in which both models build their decoders with nn.ConvTranspose, as before."""
+
+  @contextlib.contextmanager
+  def context():
+    with pytest.MonkeyPatch.context() as patch:
+      for name in ("unet", "resunet"):
+        patch.setattr(importlib.import_module(f"landslide_jax.models.{name}"), "UpConv2x2", _legacy_upconv)
+      yield
+
+  return context
+
+
+@pytest.fixture(params=["matmul", "conv"])
+def upconv_impl(request, monkeypatch):
+  """Runs a test with each of UpConv2x2's forms as the CPU's `auto` choice."""
+  monkeypatch.setattr(layers, "UPCONV_IMPL_BY_BACKEND", {"cpu": request.param})
+  return request.param
+
+
+def _up_calls(model, variables, x) -> list[tuple[tuple[str, ...], str]]:
+  return [(path, kind) for path, kind, _, _ in _module_calls(model, variables, x)
+          if kind in ("UpConv2x2", "ConvTranspose")]
+
+
+@pytest.mark.parametrize("name", ["unet", "resunet"])
+@pytest.mark.parametrize("channels", [5, 14])
+def test_decoder_parameter_tree_is_the_conv_transpose_one(name, channels, legacy):
+  with legacy():
+    old = _abstract(create_model(name), channels)
+  new = _abstract(create_model(name), channels)
+  assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(old)
+  assert _flat(new) == _flat(old)  # every path and shape, batch_stats included
+  ups = sorted(path for path in _flat(new["params"]) if path[-2].startswith("ConvTranspose"))
+  count = {"unet": 4, "resunet": 3}[name]
+  assert ups == sorted((f"ConvTranspose_{i}", leaf) for i in range(count) for leaf in ("bias", "kernel"))
+
+
+@pytest.mark.parametrize("name", ["unet", "resunet"])
+def test_decoder_init_gives_the_conv_transpose_values(name, legacy):
+  """The same key initialises the same parameters. Narrow models and an 'rbg' key keep it quick: the
+  full models' threefry init took 40 s and more to compile here."""
+  narrow = {"unet": {"features": (2, 3, 4, 5), "bottleneck": 6},
+            "resunet": {"encoder": (2, 3, 4), "bridge": 5}}[name]
+  x = jnp.zeros((1, 16, 16, 5))
+  key = jax.random.key(7, impl="rbg")
+  with legacy():
+    old = create_model(name, **narrow).init(key, x)
+  new = create_model(name, **narrow).init(key, x)
+  assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(old)
+  for got, want in zip(jax.tree.leaves(new), jax.tree.leaves(old)):
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["unet", "resunet"])
+def test_decoder_outputs_equal_the_conv_transpose_model(name, legacy, upconv_impl):
+  model = create_model(name)
+  variables = _filled(_abstract(model, 5), seed=3)
+  x = _images(2, 32, 5, seed=5)
+  with legacy():
+    old_model = create_model(name)
+    old_calls = _up_calls(old_model, variables, x)
+    old_eval = jax.jit(lambda v, x_: old_model.apply(v, x_))(variables, x)
+    old_train = jax.jit(lambda v, x_: old_model.apply(v, x_, train=True, mutable=["batch_stats"]))(
+        variables, x)
+  new_calls = _up_calls(model, variables, x)
+  # The decoders really changed layer (and kept the names), so the comparison below is not vacuous.
+  assert [path for path, _ in new_calls] == [path for path, _ in old_calls]
+  assert {kind for _, kind in old_calls} == {"ConvTranspose"}
+  assert {kind for _, kind in new_calls} == {"UpConv2x2"}
+
+  new_eval = jax.jit(lambda v, x_: model.apply(v, x_))(variables, x)
+  new_train = jax.jit(lambda v, x_: model.apply(v, x_, train=True, mutable=["batch_stats"]))(variables, x)
+  if upconv_impl == "conv":  # the very same operations as nn.ConvTranspose: bit for bit
+    for got, want in zip(jax.tree.leaves((new_eval, new_train)), jax.tree.leaves((old_eval, old_train))):
+      np.testing.assert_array_equal(got, want)
+  else:  # float32 round-off of a different summation order, carried through the network
+    for got, want in zip(jax.tree.leaves((new_eval, new_train)), jax.tree.leaves((old_eval, old_train))):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(want))))
+  assert float(jnp.std(new_eval)) > 0
+
+
+@pytest.mark.parametrize("name", ["unet", "resunet"])
+def test_checkpoint_of_the_conv_transpose_model_restores_into_the_new_one(name, legacy, tmp_path):
+  """A checkpoint written by training's own manager from the nn.ConvTranspose model restores, as
+  `evaluate.load_run` restores it, into the current model, which predicts what the old one did."""
+
+  def state_of(model, variables):
+    return train.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optax.adam(1e-3),
+                                   batch_stats=variables.get("batch_stats"))
+
+  x = _images(2, 32, 5, seed=9)
+  with legacy():
+    old_model = create_model(name)
+    old_state = state_of(old_model, _filled(_abstract(old_model, 5), seed=1))
+    old_logits = jax.jit(lambda s, x_: train.apply_model(s, s.params, x_, train=False)[0])(old_state, x)
+  manager = train.checkpoint_manager(tmp_path)
+  manager.save(3, args=ocp.args.StandardSave(train.checkpoint_item(
+      old_state, 3, early_stopping.EarlyStopping(), 1.0)), metrics={"val_loss": 0.5})
+  manager.close()
+
+  # The template holds other values (seed 2), so that equal parameters below come from the checkpoint.
+  model = create_model(name)
+  template = state_of(model, _filled(_abstract(model, 5), seed=2))
+  manager = train.checkpoint_manager(tmp_path)
+  restored = manager.restore(manager.best_step(), args=ocp.args.StandardRestore(train.checkpoint_item(
+      template, 0, early_stopping.EarlyStopping(), 1.0)))["state"]
+  manager.close()
+  for got, want in zip(jax.tree.leaves((restored.params, restored.batch_stats)),
+                       jax.tree.leaves((old_state.params, old_state.batch_stats))):
+    np.testing.assert_array_equal(got, want)
+  logits = jax.jit(lambda s, x_: train.apply_model(s, s.params, x_, train=False)[0])(restored, x)
+  np.testing.assert_allclose(logits, old_logits, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(old_logits))))

@@ -1,10 +1,13 @@
-"""Layers shared by the models: BatchNorm whose batch statistics count only valid pixels."""
+"""Layers shared by the models: BatchNorm whose batch statistics count only valid pixels, and the
+decoders' 2x2 stride-2 transposed convolution written as a matmul (fast on XLA:CPU)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import flax.linen as nn
+from flax.linen import dtypes
+from flax.linen.linear import default_kernel_init
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -74,3 +77,71 @@ class BatchNorm(nn.Module):
                                  ra_var.value)
     y = (x.astype(jnp.float32) - mean) * lax.rsqrt(var + self.epsilon) * scale + bias
     return y.astype(self.dtype or x.dtype)
+
+
+# How `UpConv2x2` computes on each backend when `impl="auto"`. XLA:CPU lowers `lax.conv_transpose` with
+# stride 2 to a slow generic convolution (jax issue #23783): 15-44x slower than the matmul form for one
+# decoder layer, 1.4-1.75x on the whole U-Net and ResU-Net train steps (benchmarks/RESULTS.md). Elsewhere
+# the transposed convolution stays as it was, since the matmul form has not been measured on an
+# accelerator (GPU/TPU libraries have fast transposed convolutions of their own).
+UPCONV_IMPL_BY_BACKEND = {"cpu": "matmul"}
+UPCONV_IMPLS = ("matmul", "conv")
+
+
+def up_conv_2x2_matmul(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax.Array:
+  """`lax.conv_transpose(x, kernel, (2, 2), 'SAME')` (x (N, H, W, C), kernel (2, 2, C, F) HWIO, not
+  transposed) as one matmul.
+
+  With stride equal to the kernel size every output pixel receives exactly one kernel tap: output pixel
+  (2i + a, 2j + b) is x[i, j] @ kernel[1 - a, 1 - b] (lax.conv_transpose without `transpose_kernel`
+  correlates the stride-dilated input, so the taps land mirrored). That is a 1x1 conv to 4F channels,
+  then depth-to-space.
+  """
+  n, h, w, c = x.shape
+  f = kernel.shape[-1]
+  # (C, 4F) with the taps mirrored, ordered (a, b, f). A plain 2-D matmul followed by an explicit
+  # transpose ran 15-40% faster on XLA:CPU than one einsum straight to (n, h, a, w, b, f).
+  matrix = jnp.transpose(kernel[::-1, ::-1], (2, 0, 1, 3)).reshape(c, 4 * f)
+  y = jnp.dot(x.reshape(n * h * w, c), matrix, precision=precision).reshape(n, h, w, 2, 2, f)
+  return jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(n, 2 * h, 2 * w, f)
+
+
+class UpConv2x2(nn.Module):
+  """`nn.ConvTranspose(features, (2, 2), strides=(2, 2))` (padding 'SAME', flax's default): the same
+  function, parameters (`kernel` (2, 2, C, F) lecun-normal, `bias` (F,) zeros, created in that order)
+  and dtype promotion, so checkpoints of either load into the other. Output (..., 2H, 2W, F).
+
+  `impl`: "matmul" (`up_conv_2x2_matmul`), "conv" (`lax.conv_transpose`, what flax runs) or "auto",
+  chosen at trace time from `jax.default_backend()` by `UPCONV_IMPL_BY_BACKEND` (matmul on CPU). Both
+  compute the same function up to float round-off (the sum over C runs in another order).
+
+  Give it `name="ConvTranspose_<i>"` where it replaces an auto-named `nn.ConvTranspose`, so the
+  parameter tree keeps its paths.
+  """
+  features: int
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Any = default_kernel_init  # nn.ConvTranspose's (lecun normal)
+  bias_init: Any = nn.initializers.zeros_init()
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Upsamples `x` (..., H, W, C) by 2 in H and W."""
+    impl = UPCONV_IMPL_BY_BACKEND.get(jax.default_backend(), "conv") if self.impl == "auto" else self.impl
+    if impl not in UPCONV_IMPLS:
+      raise ValueError(f"UpConv2x2 impl {self.impl!r}; valid: 'auto', "
+                       f"{', '.join(map(repr, UPCONV_IMPLS))}")
+    kernel = self.param("kernel", self.kernel_init, (2, 2, x.shape[-1], self.features), self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    # One leading batch axis, as flax's ConvTranspose: unbatched (H, W, C) and (B1, B2, H, W, C) work too.
+    lead = x.shape[:-3]
+    x = x.reshape((-1, *x.shape[-3:]))
+    if impl == "matmul":
+      y = up_conv_2x2_matmul(x, kernel, self.precision)
+    else:
+      y = lax.conv_transpose(x, kernel, (2, 2), "SAME", precision=self.precision)
+    y = y + bias
+    return y.reshape((*lead, *y.shape[1:]))

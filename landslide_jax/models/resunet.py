@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from landslide_jax.models.layers import BatchNorm
+from landslide_jax.models.layers import BatchNorm, UpConv2x2
 
 
 class ResidualUnit(nn.Module):
@@ -63,8 +63,10 @@ class ResUNet(nn.Module):
       x = unit(features, strides=1 if i == 0 else 2, first=i == 0)(x, train, mask)
       skips.append(x)
     x = unit(self.bridge, strides=2)(x, train, mask)
-    for features, skip in zip(reversed(self.encoder), reversed(skips)):
-      x = nn.ConvTranspose(features, (2, 2), strides=(2, 2), dtype=self.dtype)(x)
+    for i, (features, skip) in enumerate(zip(reversed(self.encoder), reversed(skips))):
+      # nn.ConvTranspose(features, (2, 2), strides=(2, 2)) as a matmul on CPU; named as flax named
+      # the ConvTranspose it replaces, so the parameter tree and checkpoints are unchanged.
+      x = UpConv2x2(features, dtype=self.dtype, name=f"ConvTranspose_{i}")(x)
       x = jnp.concatenate([x, skip], axis=-1)
       x = unit(features)(x, train, mask)
     x = nn.Conv(1, (1, 1), dtype=self.dtype)(x)

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from landslide_jax.models.layers import UpConv2x2
+
 
 class UNet(nn.Module):
   """U-Net returning (N, H, W, 1) logits for (N, H, W, C) inputs; H and W divisible by 16."""
@@ -34,8 +36,10 @@ class UNet(nn.Module):
       skips.append(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = self._double_conv(x, self.bottleneck)
-    for features, skip in zip(reversed(self.features), reversed(skips)):
-      x = nn.ConvTranspose(features, (2, 2), strides=(2, 2), dtype=self.dtype)(x)
+    for i, (features, skip) in enumerate(zip(reversed(self.features), reversed(skips))):
+      # nn.ConvTranspose(features, (2, 2), strides=(2, 2)) as a matmul on CPU; named as flax named
+      # the ConvTranspose it replaces, so the parameter tree and checkpoints are unchanged.
+      x = UpConv2x2(features, dtype=self.dtype, name=f"ConvTranspose_{i}")(x)
       x = jnp.concatenate([x, skip], axis=-1)
       x = self._double_conv(x, features)
     x = nn.Conv(1, (1, 1), dtype=self.dtype)(x)
