@@ -335,6 +335,8 @@ def resolve_s2_units(inputs, bands: tuple[str, ...], check_offset: bool = False)
   look offset while no `s2_add_offset` was given (block reads do not check, so block-wise readers ask
   here, once a scene).
   """
+  if inputs.s2_products:  # DN by definition, radiometry and nodata from each product's metadata
+    return "dn"
   check = check_offset
   if inputs.s2_units != "auto" and not check:
     return inputs.s2_units
