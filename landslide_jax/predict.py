@@ -4,20 +4,32 @@ The scene is processed in blocks read with rasterio windows, so a scene larger t
 block is read with a halo of one patch, every sliding window (on one grid for the whole scene) that
 touches the block is predicted, and the blended probabilities of the block's own pixels are written to
 the output GeoTIFFs. The result does not depend on the block size.
+
+The outputs of one call are a set: every file carries its provenance (GeoTIFF tags and the GeoJSON's
+top-level properties: checkpoint step, threshold, workdir, a hash of the run's config, and an id of the
+set), is written into a hidden staging folder of the output folder, and is swapped in only when all are
+complete: the old set is removed first, then the new files are renamed in, the GeoJSON last. A kill at
+any point leaves files of one set only (possibly not all of them), never a new map beside an old one.
+The next run removes what killed runs left (staging folders, temporary files) and, in a folder mixed by
+an older version, the files of the older set.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import hashlib
 import json
 import math
 import os
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.features
 import rasterio.warp
 import rasterio.windows
@@ -33,6 +45,19 @@ BLENDS = ("cosine", "triangular")
 # The minimum mapping unit of the polygons (--min_area_m2): ten 10 m pixels, just below the smallest
 # landslides of the paper's inventories (~1,100 m2), so speckle of one to a few pixels is not mapped.
 DEFAULT_MIN_AREA_M2 = 1000.0
+# The output set, in the order its files are renamed into place (the GeoJSON, made from the two maps, last).
+PROBABILITY_FILE, LANDSLIDES_FILE, GEOJSON_FILE = "probability.tif", "landslides.tif", "landslides.geojson"
+OUTPUT_FILES = (PROBABILITY_FILE, LANDSLIDES_FILE, GEOJSON_FILE)
+# Hidden folder in the output folder where a set is written before it is swapped in.
+STAGING_PREFIX = ".predict-"
+# Held while a set is swapped in or the folder is tidied, so two runs into one folder cannot interleave.
+SWAP_LOCK = ".predict.lock"
+# Temporary files that versions before the staging folder wrote straight into the output folder.
+LEGACY_TEMP_PREFIXES = (".probability.", ".landslides.")
+# Provenance keys; GeoTIFF tags are these in upper case after TAG_PREFIX.
+PROVENANCE_KEYS = ("set", "written", "files", "checkpoint_step", "threshold", "workdir",
+                   "run_config_sha256")
+TAG_PREFIX = "LANDSLIDE_JAX_"
 
 
 def blend_weights(patch: int, kind: str = "cosine") -> np.ndarray:
@@ -175,7 +200,8 @@ class _AtomicGeoTIFF:
   """A Cloud-Optimized GeoTIFF: written block by block into a hidden temporary GeoTIFF, converted to a
   COG (internal overviews built with `resampling`) and renamed into place on success."""
 
-  def __init__(self, path: Path, grid: raster_io.Grid, dtype: str, nodata: float, resampling: str):
+  def __init__(self, path: Path, grid: raster_io.Grid, dtype: str, nodata: float, resampling: str,
+               tags: dict[str, str] | None = None):
     self.path, self.resampling = path, resampling
     fd, self.tmp = tempfile.mkstemp(suffix=".tif", dir=path.parent, prefix=f".{path.stem}.")
     os.close(fd)
@@ -184,6 +210,8 @@ class _AtomicGeoTIFF:
         self.tmp, "w", driver="GTiff", height=grid.shape[0], width=grid.shape[1], count=1, dtype=dtype,
         crs=grid.crs, transform=grid.transform, nodata=nodata, compress="deflate",
         **({"tiled": True, "blockxsize": 256, "blockysize": 256} if tiled else {}))
+    if tags:
+      self.dst.update_tags(**tags)  # GDAL's COG copy keeps them
 
   def write(self, data: np.ndarray, window: rasterio.windows.Window) -> None:
     self.dst.write(data, 1, window=window)
@@ -207,6 +235,9 @@ def predict_probabilities(run, inputs: site_inputs.SiteInputs, out_dir: str | os
                           block: int = 1024, batch_size: int = 16) -> dict:
   """Writes `probability.tif` and `landslides.tif` for a scene; returns their paths and the grid.
 
+  The two maps are swapped into `out_dir` as a set (see the module docstring); a `landslides.geojson`
+  of an earlier call is removed with the old set, as it no longer belongs to the maps.
+
   Args:
     run: a loaded training run (`evaluate.load_run`): config, normalisation and `predict(images)`.
     inputs: the scene's inputs (`scene_inputs`).
@@ -217,8 +248,14 @@ def predict_probabilities(run, inputs: site_inputs.SiteInputs, out_dir: str | os
     block: block side in pixels (memory use grows with its square; results do not depend on it).
     batch_size: windows per model call.
   """
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  return _predict(run, inputs, out_dir, overlap, blend, threshold, block, batch_size, min_area_m2=None)
 
+
+def _predict(run, inputs: site_inputs.SiteInputs, out_dir: str | os.PathLike, overlap: float,
+             blend: str, threshold: float | None, block: int, batch_size: int,
+             min_area_m2: float | None) -> dict:
+  """`predict_probabilities`, and with `min_area_m2` (not None) also `landslides.geojson`: all written
+  into a staging folder, then swapped into `out_dir` as one set."""
   config = run.config
   patch, channels = config.patch, tuple(config.channels)
   threshold = config.threshold if threshold is None else threshold
@@ -247,12 +284,40 @@ def predict_probabilities(run, inputs: site_inputs.SiteInputs, out_dir: str | os
     raise InputError(raster_io.s2_source(inputs, bands), f"scene too small: {err}",
                      f"use a scene of at least {patch} x {patch} px or a model trained on smaller patches"
                      ) from None
-  weights = blend_weights(patch, blend)
-  block = max(block, patch)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  prob_out = _AtomicGeoTIFF(out_dir / "probability.tif", grid, "float32", PROBABILITY_NODATA, "average")
-  mask_out = _AtomicGeoTIFF(out_dir / "landslides.tif", grid, "uint8", LANDSLIDE_NODATA, "nearest")
+  members = OUTPUT_FILES if min_area_m2 is not None else (PROBABILITY_FILE, LANDSLIDES_FILE)
+  provenance = _provenance(run, threshold, members)
+  with files.FileLock(out_dir / SWAP_LOCK):
+    _tidy_output_folder(out_dir)
+  with files.staging_dir(out_dir, STAGING_PREFIX) as staging:
+    _write_maps(run, inputs, staging.path, grid, rows, cols, blend_weights(patch, blend),
+                max(block, patch), batch_size, threshold, provenance)
+    polygons = None
+    if min_area_m2 is not None:
+      features = landslide_polygons(staging.path / LANDSLIDES_FILE, staging.path / PROBABILITY_FILE,
+                                    min_area_m2)
+      write_geojson(staging.path / GEOJSON_FILE, features, {**provenance, "min_area_m2": min_area_m2})
+      polygons = len(features)
+    _swap_in(staging.path, out_dir, members)
+  return {"probability": out_dir / PROBABILITY_FILE, "landslides": out_dir / LANDSLIDES_FILE,
+          "geojson": out_dir / GEOJSON_FILE if polygons is not None else None, "polygons": polygons,
+          "grid": grid, "threshold": threshold, "windows": int(len(rows) * len(cols)),
+          "provenance": provenance}
+
+
+def _write_maps(run, inputs: site_inputs.SiteInputs, folder: Path, grid: raster_io.Grid,
+                rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, block: int, batch_size: int,
+                threshold: float, provenance: dict[str, str]) -> None:
+  """Predicts the scene block by block into `folder`'s probability.tif and landslides.tif (tagged
+  with `provenance`); nothing of them stays there if it fails."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+  patch, channels = run.config.patch, tuple(run.config.channels)
+  tags = {TAG_PREFIX + key.upper(): value for key, value in provenance.items()}
+  prob_out = _AtomicGeoTIFF(folder / PROBABILITY_FILE, grid, "float32", PROBABILITY_NODATA, "average",
+                            tags)
+  mask_out = _AtomicGeoTIFF(folder / LANDSLIDES_FILE, grid, "uint8", LANDSLIDE_NODATA, "nearest", tags)
   ok = False
   try:
     blocks = [(r0, c0) for r0 in range(0, grid.shape[0], block) for c0 in range(0, grid.shape[1], block)]
@@ -290,8 +355,75 @@ def predict_probabilities(run, inputs: site_inputs.SiteInputs, out_dir: str | os
   finally:
     prob_out.close(ok)
     mask_out.close(ok)
-  return {"probability": prob_out.path, "landslides": mask_out.path, "grid": grid,
-          "threshold": threshold, "windows": int(len(rows) * len(cols))}
+
+
+def run_config_sha256(run) -> str:
+  """SHA-256 of what makes a run's maps: its options and its normalisation statistics."""
+  config = getattr(run, "config", None)
+  stats = getattr(run, "stats", None)
+  record = {"flags": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else repr(config),
+            "normalization": stats.to_json() if hasattr(stats, "to_json") else None}
+  return hashlib.sha256(json.dumps(record, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def _provenance(run, threshold: float, members: tuple[str, ...]) -> dict[str, str]:
+  """What the files of one output set say about where they come from (all strings: GeoTIFF tags)."""
+  workdir = getattr(run, "workdir", None)
+  step = getattr(run, "step", None)
+  return {"set": uuid.uuid4().hex,
+          "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
+          "files": ",".join(members),
+          "checkpoint_step": "" if step is None else str(step),
+          "threshold": repr(float(threshold)),
+          "workdir": "" if workdir is None else str(Path(workdir).resolve()),
+          "run_config_sha256": run_config_sha256(run)}
+
+
+def read_provenance(path: str | os.PathLike) -> dict[str, str] | None:
+  """The provenance of an output file (`PROVENANCE_KEYS`), or None when it has none (written by an
+  older version) or cannot be read."""
+  path = Path(path)
+  try:
+    if path.suffix == ".geojson":
+      properties = json.loads(path.read_text()).get("properties") or {}
+      found = {key: str(properties[key]) for key in PROVENANCE_KEYS if key in properties}
+    else:
+      with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(path) as src:
+        tags = src.tags()
+      found = {key: tags[TAG_PREFIX + key.upper()] for key in PROVENANCE_KEYS
+               if TAG_PREFIX + key.upper() in tags}
+  except (OSError, ValueError, AttributeError, rasterio.errors.RasterioError):
+    return None
+  return found if found.get("set") else None
+
+
+def _tidy_output_folder(out_dir: Path) -> None:
+  """What killed runs left: staging folders and temporary files whose process is gone, and, in a folder
+  whose outputs come from different calls (an older version killed between renames), the files of the
+  older set. Called with the folder's swap lock held."""
+  files.remove_stale(out_dir, (STAGING_PREFIX,))
+  files.remove_stale(out_dir, LEGACY_TEMP_PREFIXES)
+  present = {name: read_provenance(out_dir / name) for name in OUTPUT_FILES if (out_dir / name).exists()}
+  sets = {(record or {}).get("set") for record in present.values()}
+  if len(sets) <= 1:
+    return
+  # The newest set stays; files without provenance (an older version's) count as the oldest.
+  newest = max(present.values(), key=lambda record: (record is not None, (record or {}).get("written", "")))
+  stale = [name for name, record in present.items() if (record or {}).get("set") != newest["set"]]
+  for name in stale:
+    (out_dir / name).unlink(missing_ok=True)
+  files.note(f"{out_dir}: removed {', '.join(stale)}, left from another prediction than "
+             f"{', '.join(n for n in present if n not in stale)} (an interrupted run)")
+
+
+def _swap_in(staging: Path, out_dir: Path, members: tuple[str, ...]) -> None:
+  """Replaces the output set in `out_dir` with the staged `members`: every old output goes first, then
+  the new files are renamed in (the GeoJSON last), so the folder never holds files of two sets."""
+  with files.FileLock(out_dir / SWAP_LOCK):
+    for name in reversed(OUTPUT_FILES):
+      (out_dir / name).unlink(missing_ok=True)
+    for name in members:
+      os.replace(staging / name, out_dir / name)
 
 
 def _check_channels(inputs, bands: tuple[str, ...], channels: tuple[str, ...]) -> None:
@@ -356,10 +488,14 @@ def landslide_polygons(landslides_tif: Path, probability_tif: Path, min_area_m2:
   return features
 
 
-def write_geojson(path: Path, features: list[dict]) -> Path:
-  """A FeatureCollection in EPSG:4326 (RFC 7946), written atomically."""
-  return files.write_text_atomically(
-      path, json.dumps({"type": "FeatureCollection", "features": features}))
+def write_geojson(path: Path, features: list[dict], properties: dict | None = None) -> Path:
+  """A FeatureCollection in EPSG:4326 (RFC 7946), written atomically. `properties` (the provenance)
+  become a top-level member of the collection, which RFC 7946 allows and GIS readers ignore."""
+  collection = {"type": "FeatureCollection"}
+  if properties:
+    collection["properties"] = properties
+  collection["features"] = features
+  return files.write_text_atomically(path, json.dumps(collection))
 
 
 def predict_scene(workdir: str | os.PathLike, scene: str | os.PathLike, dem: str | os.PathLike | None,
@@ -379,11 +515,10 @@ def predict_scene(workdir: str | os.PathLike, scene: str | os.PathLike, dem: str
     raise InputError(None, "--block must be positive and --min_area_m2 non-negative", "check the flags")
   inputs = scene_inputs(scene, dem, s2_add_offset, aoi=aoi, cloud_mask=cloud_mask)
   run = evaluate.load_run(workdir, checkpoint)
-  written = predict_probabilities(run, inputs, out_dir, overlap=overlap, blend=blend,
-                                  threshold=threshold, block=block)
-  features = landslide_polygons(written["landslides"], written["probability"], min_area_m2)
-  geojson = write_geojson(Path(out_dir) / "landslides.geojson", features)
-  print(f"{len(features)} landslide polygons (>= {min_area_m2:g} m2); wrote {written['probability']}, "
-        f"{written['landslides']}, {geojson}", flush=True)
+  written = _predict(run, inputs, out_dir, overlap, blend, threshold, block, batch_size=16,
+                     min_area_m2=min_area_m2)
+  print(f"{written['polygons']} landslide polygons (>= {min_area_m2:g} m2); wrote "
+        f"{written['probability']}, {written['landslides']}, {written['geojson']}", flush=True)
   return {"probability": str(written["probability"]), "landslides": str(written["landslides"]),
-          "geojson": str(geojson), "polygons": len(features), "threshold": written["threshold"]}
+          "geojson": str(written["geojson"]), "polygons": written["polygons"],
+          "threshold": written["threshold"]}

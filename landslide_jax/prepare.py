@@ -1,7 +1,9 @@
 """Builds the TFDS patch datasets of the requested sites and patch sizes (`python -m launch.prepare`).
 
 Datasets are built in a staging folder and moved into place only when complete, so a failed build leaves
-nothing half-written and never touches a dataset that was already there.
+nothing half-written and never touches a dataset that was already there. One process at a time builds a
+given dataset (a lock per dataset): a second one waits, then finds the first one's dataset and reuses it.
+A staging folder left by a killed build is removed by the next run; a live build's is never touched.
 """
 
 from __future__ import annotations
@@ -10,10 +12,9 @@ import dataclasses
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from landslide_jax import constants
+from landslide_jax import constants, files
 from landslide_jax.data import demo, landslide4sense, site_inputs
 from landslide_jax.data.normalization import read_metadata
 from landslide_jax.errors import InputError
@@ -22,6 +23,7 @@ PREPARABLE = constants.SITE_NAMES + ("landslide4sense",)
 DEMO_SEED = 0
 DEMO_DIRNAME = "landslide_jax_demo_raw"
 DEMO_DATASETS_DIRNAME = "landslide_jax_demo"
+STAGING_PREFIX = ".staging-"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +67,10 @@ def _built(path: Path) -> bool:
 
 
 def _install(staged: Path, target: Path) -> None:
-  """Moves a complete staged dataset to `target`, replacing an old one only once the new one is there."""
+  """Moves a complete staged dataset to `target`, replacing an old one only once the new one is there.
+
+  Called with the dataset's lock held (`_dataset_lock`), so no other process installs it meanwhile.
+  """
   target.parent.mkdir(parents=True, exist_ok=True)
   backup = None
   if target.exists():
@@ -74,6 +79,66 @@ def _install(staged: Path, target: Path) -> None:
   os.replace(staged, target)
   if backup is not None:
     shutil.rmtree(backup)
+
+
+def _recover_install(target: Path) -> None:
+  """Finishes an installation a kill interrupted (with the dataset's lock held, so none is running): a
+  backup whose replacement never arrived is put back; one whose replacement did is removed."""
+  for backup in sorted(target.parent.glob(f".{target.name}.old-*")):
+    if not target.exists():
+      os.replace(backup, target)
+      files.note(f"{target}: put back the dataset an interrupted rebuild had moved aside")
+    else:
+      shutil.rmtree(backup, ignore_errors=True)
+      files.note(f"removed {backup}: the old copy of a dataset whose rebuild was interrupted")
+
+
+def _dataset_lock(data_dir: Path, target: Path) -> files.FileLock:
+  """The lock of one dataset, taken before building it: waits (saying so) while another process builds it.
+
+  The lock file sits in `data_dir` (not beside the dataset, whose folders may not exist yet) and is
+  removed on release, so a data dir holds only datasets.
+  """
+  try:
+    parts = target.relative_to(data_dir).parts
+  except ValueError:
+    parts = target.parts[-3:]  # <site>/<config>/<version>
+  name = "-".join(parts)
+  lock = files.FileLock(data_dir / f".lock-{name}")
+  said = False
+  while True:
+    try:
+      lock.acquire(blocking=said)
+      return lock
+    except files.LockBusy as busy:
+      files.note(f"{target}: {files.describe_holder(busy.holder)} is building this dataset; waiting for it")
+      said = True
+    except FileNotFoundError:
+      # The data dir went: a failed first build by another process removes the empty one it made.
+      data_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _reusable(site: str, patch: int, target: Path, current_hash: str, channels: tuple[str, ...],
+              overwrite: bool) -> PreparedDataset | None:
+  """The dataset at `target` if it was built from the current raw inputs; None if there is none, or if
+  it is stale and `overwrite`.
+
+  Raises:
+    InputError: a stale dataset without `overwrite`.
+  """
+  if not _built(target):
+    return None
+  metadata = read_metadata(target)
+  if metadata.get("input_hash") == current_hash:
+    return PreparedDataset(site, patch, target, metadata, rebuilt=False)
+  if not overwrite:
+    # Named as a command: launch.train and launch.sweep reach here too, and have no --overwrite.
+    chosen = "" if tuple(channels) == constants.DEFAULT_CHANNELS else f" --channels={','.join(channels)}"
+    raise InputError(target, "dataset was built from different raw inputs",
+                     f"rebuild it with python -m launch.prepare --site={site} --patch={patch}{chosen} "
+                     "--overwrite (and the run's --data_dir, --manual_dir or --demo_scale), or use "
+                     "another --data_dir")
+  return None
 
 
 def input_hash(name: str, manual_dir: str | os.PathLike) -> str:
@@ -92,7 +157,8 @@ def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir:
 
   An existing dataset is reused when it was built from the same raw inputs (same content hash). If the
   inputs changed, it is an error unless `overwrite`, in which case the new dataset replaces the old one
-  only after it was built completely.
+  only after it was built completely. Safe to call from several processes (or threads) at once: one
+  builds, the others wait for it and reuse its dataset.
 
   Raises:
     InputError: unusable raw inputs, or stale dataset without `overwrite`.
@@ -104,34 +170,43 @@ def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir:
   builder = tfds_builders.get_builder(site, config, data_dir)
   target = Path(builder.data_path)
   current_hash = input_hash(site, manual_dir)
-  if _built(target):
-    metadata = read_metadata(target)
-    if metadata.get("input_hash") == current_hash:
-      return PreparedDataset(site, patch, target, metadata, rebuilt=False)
-    if not overwrite:
-      # Named as a command: launch.train and launch.sweep reach here too, and have no --overwrite.
-      chosen = "" if tuple(channels) == constants.DEFAULT_CHANNELS else f" --channels={','.join(channels)}"
-      raise InputError(target, "dataset was built from different raw inputs",
-                       f"rebuild it with python -m launch.prepare --site={site} --patch={patch}{chosen} "
-                       "--overwrite (and the run's --data_dir, --manual_dir or --demo_scale), or use "
-                       "another --data_dir")
+  # Leftovers of killed builds; a live build's staging folder is locked and stays.
+  files.remove_stale(data_dir, (STAGING_PREFIX,))
+  reused = _reusable(site, patch, target, current_hash, channels, overwrite)
+  if reused is not None:
+    return reused
 
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   created = not data_dir.exists()
   data_dir.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=data_dir))
+  lock = _dataset_lock(data_dir, target)
   try:
-    staged_builder = tfds_builders.get_builder(site, config, staging)
-    # TFDS's nested progress bars turn logs into escape-code soup; we print one line per dataset.
-    tfds.disable_progress_bar()
-    staged_builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
-    _install(Path(staged_builder.data_path), target)
+    _recover_install(target)
+    # Another process may have built it while we waited for the lock: then it is ours to reuse.
+    reused = _reusable(site, patch, target, current_hash, channels, overwrite)
+    if reused is not None:
+      return reused
+    with files.staging_dir(data_dir, STAGING_PREFIX) as staging:
+      staged_builder = tfds_builders.get_builder(site, config, staging.path)
+      # TFDS's nested progress bars turn logs into escape-code soup; we print one line per dataset.
+      tfds.disable_progress_bar()
+      staged_builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+      _install(Path(staged_builder.data_path), target)
   finally:
-    shutil.rmtree(staging, ignore_errors=True)
-    if created and not any(data_dir.iterdir()):
-      data_dir.rmdir()  # a failed first build leaves no trace, not even an empty data dir
+    lock.release()
+    if created:
+      _remove_empty_data_dir(data_dir)
   return PreparedDataset(site, patch, target, read_metadata(target), rebuilt=True)
+
+
+def _remove_empty_data_dir(data_dir: Path) -> None:
+  """A failed first build leaves no trace, not even an empty data dir (unless another process uses it)."""
+  try:
+    if not any(data_dir.iterdir()):
+      data_dir.rmdir()
+  except OSError:
+    pass  # gone already, or something arrived meanwhile
 
 
 def format_summary(prepared: list[PreparedDataset]) -> str:

@@ -3,7 +3,8 @@
 Each run lives in `<workdir>/<scenario>-<model>-p<patch>` (the naming of `launch.train`). Finished runs
 (with `metrics.json`) are skipped and unfinished ones resume from their checkpoints, so a killed sweep
 continues where it stopped. The results are written in the paper's layout: Tables 4-7 (one per
-scenario), Figs. 10 and 11, and a summary with the transferability matrix.
+scenario), Figs. 10 and 11, and a summary with the transferability matrix. One sweep at a time writes
+into an output folder (a lock file in it); each run is locked by training itself.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from landslide_jax import constants, files, train
@@ -43,7 +45,15 @@ def _finished(config: train.TrainConfig) -> dict | None:
   wanted = dataclasses.asdict(config)
   if any(saved["flags"].get(k) != wanted[k] for k in train.RESUMABLE_OPTIONS):
     return None
-  return json.loads(metrics_path.read_text())
+  try:
+    done = json.loads(metrics_path.read_text())
+    if not isinstance(done, dict) or not isinstance(done.get("test"), dict):
+      raise ValueError("no test scores")
+  except (OSError, ValueError) as err:
+    # Written atomically, so damaged from outside; scoring again (a resume past its last epoch) rewrites it.
+    files.note(f"{metrics_path}: unreadable ({err.__class__.__name__}); scoring the run again")
+    return None
+  return done
 
 
 def run_grid(scenarios: tuple[str, ...], patches: tuple[int, ...], models: tuple[str, ...],
@@ -318,8 +328,22 @@ def sweep(scenarios: tuple[str, ...], patches: tuple[int, ...], models: tuple[st
   for model in models:
     if model not in MODEL_NAMES:
       raise InputError(None, f"--models: {model!r} is not valid", f"use some of: {', '.join(MODEL_NAMES)}")
-  results = run_grid(scenarios, patches, models, workdir_root, base)
-  written = write_results(results, out, scenarios, patches, models)
+  out = Path(out)
+  created = not out.exists()
+  lock = None
+  if jax.process_index() == 0:
+    # One sweep at a time writes these tables; a second one is refused in one line (its runs are
+    # guarded each by its own workdir lock, taken by launch.train's code).
+    out.mkdir(parents=True, exist_ok=True)
+    lock = files.lock_folder(out, noun="output folder", flag="--out")
+  try:
+    results = run_grid(scenarios, patches, models, workdir_root, base)
+    written = write_results(results, out, scenarios, patches, models)
+  finally:
+    if lock is not None:
+      lock.release()
+    if created and out.is_dir() and not any(out.iterdir()):
+      out.rmdir()  # a sweep refused before writing anything leaves no empty output folder
   print(f"wrote {len(written)} files to {out}", flush=True)
   return written
 

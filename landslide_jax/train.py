@@ -3,6 +3,10 @@
 In the style of flax's `examples/imagenet`: the state is replicated over local devices, gradients and
 BatchNorm statistics are averaged with `lax.pmean`, and only process 0 writes logs. A killed run resumes
 from the latest checkpoint with the same optimiser state, early-stopping state and data order.
+
+One run at a time per workdir (a lock file, `files.lock_folder`). A damaged run folder is said in one
+line naming the file: a damaged latest checkpoint is moved aside and the run falls back to an earlier
+usable one; a torn last line of metrics.jsonl (a kill while writing it) is dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,8 @@ from landslide_jax.models import create_model
 
 AXIS = "batch"
 CHECKPOINT_DIR = "checkpoints"
+# Where damaged checkpoints are moved (not deleted: they may be worth a look), beside CHECKPOINT_DIR.
+DAMAGED_CHECKPOINT_DIR = "checkpoints.damaged"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,13 +376,33 @@ def check_run_matches(config: TrainConfig) -> dict | None:
   path = workdir / "config.json"
   if not path.is_file():
     return None
+  fix = "pass another --workdir, or delete that run folder to start over"
   try:
     saved = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    # Written atomically by training, so this is damage from outside (a copy cut short, an editor).
+    raise InputError(path, "is not a config.json this version of landslide_jax wrote: not valid JSON "
+                     f"({err.__class__.__name__} at byte {getattr(err, 'pos', '?')}; truncated?), so the "
+                     "run's options cannot be checked", fix) from None
+  try:
     flags, datasets = saved["flags"], saved["datasets"]
-  except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-    raise InputError(path, "is not a config.json this version of landslide_jax wrote",
-                     "pass another --workdir, or delete that run folder to start over") from None
+    if not isinstance(flags, dict) or not isinstance(datasets, dict):
+      raise TypeError
+  except (KeyError, TypeError):
+    raise InputError(path, "is not a config.json this version of landslide_jax wrote (it lacks 'flags' "
+                     "or 'datasets': another version's, or not a run's)", fix) from None
   wanted = dataclasses.asdict(config)
+  # Options added since that run was made are fine where they change nothing computed (where things
+  # live, how steps are dispatched); another version's options unknown here cannot be honoured.
+  unknown = sorted(set(flags) - set(wanted))
+  missing = sorted(set(wanted) - set(flags) - set(RESUMABLE_OPTIONS + _LOCATION_OPTIONS))
+  if unknown or missing:
+    raise InputError(path, "is not a config.json this version of landslide_jax wrote (another version's: "
+                     + "; ".join(part for part in (
+                         f"options unknown here: {', '.join(unknown)}" if unknown else "",
+                         f"options it lacks: {', '.join(missing)}" if missing else "") if part) + ")",
+                     "resume it with the version that made it, pass another --workdir, or delete that "
+                     "run folder to start over")
   differ = [k for k in wanted if k not in RESUMABLE_OPTIONS + _LOCATION_OPTIONS
             and _as_saved(flags.get(k)) != _as_saved(wanted[k])]
   if differ:
@@ -440,6 +467,162 @@ def checkpoint_item(state: TrainState, epoch: int, stopper: early_stopping.Early
                              "should_stop": stopper.should_stop}}
 
 
+def _short(err: BaseException) -> str:
+  """An exception as a short phrase for a one-line message (tensorstore appends its whole spec)."""
+  text = (str(err).strip().splitlines() or [""])[0].split(" [tensorstore_spec", 1)[0]
+  text = text or err.__class__.__name__
+  return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _ignore_late_restore_callbacks() -> None:
+  """Silences what a failed orbax restore leaves behind: orbax closes its event loop at the first error,
+  and tensorstore's reads still in flight then report to the closed loop ("RuntimeError: Event loop is
+  closed", as unraisable exceptions from its threads), dozens of tracebacks around our one-line message.
+  Installed before restoring, as they can come before the failed restore returns. Only that exception
+  is dropped, for the rest of the process; every other one reaches the hook that was there before."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_landslide_jax_filter", False):
+    return
+
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+      return
+    previous(unraisable)
+  hook._landslide_jax_filter = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
+
+def _checkpoint_steps(directory: Path) -> list[tuple[int, Path]]:
+  """The step folders of a checkpoint directory, latest first (orbax's unfinished `*-tmp-*` ones aside)."""
+  if not directory.is_dir():
+    return []
+  return sorted(((int(p.name), p) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()),
+                reverse=True)
+
+
+def _checkpoint_problem(step_dir: Path) -> tuple[Path, str] | None:
+  """(file, problem) when a step folder is visibly damaged, else None.
+
+  These are what orbax cannot even list: an unreadable metrics file stops the manager from opening, and an
+  empty step folder makes every restore fail. Damaged array data shows only when restoring.
+  """
+  if not any(step_dir.iterdir()):
+    return step_dir, "checkpoint folder is empty"
+  state = step_dir / "default"
+  if not state.is_dir() or not any(state.iterdir()):
+    return state, "checkpoint has no saved state (missing or empty)"
+  for name in ("_CHECKPOINT_METADATA", "metrics/metrics", "default/_METADATA"):
+    path = step_dir / name
+    if name != "metrics/metrics" and not path.is_file():
+      return path, "checkpoint file is missing"
+    if path.is_file():
+      try:
+        json.loads(path.read_text())
+      except (OSError, ValueError):
+        return path, "checkpoint file is not valid JSON (truncated?)"
+  return None
+
+
+def _move_aside(workdir: Path, step_dir: Path) -> Path:
+  """Moves a damaged step folder out of the checkpoint directory (kept for a look, not deleted)."""
+  damaged = workdir / DAMAGED_CHECKPOINT_DIR
+  damaged.mkdir(exist_ok=True)
+  target, n = damaged / step_dir.name, 1
+  while target.exists():
+    n += 1
+    target = damaged / f"{step_dir.name}-{n}"
+  os.replace(step_dir, target)
+  return target
+
+
+def _no_usable_checkpoint(workdir: Path, damaged: list[tuple[int, Path, str]]) -> InputError:
+  step, path, problem = damaged[0]
+  others = "".join(f"; checkpoint {s} too: {p}: {q}" for s, p, q in damaged[1:])
+  return InputError(path, f"{problem} (checkpoint of epoch {step}), and no earlier checkpoint is usable"
+                    f"{others}", f"delete {workdir / CHECKPOINT_DIR} to train this run again from epoch 1 "
+                    "(config.json and the datasets are kept), or pass another --workdir")
+
+
+def restore_latest(workdir: Path, template: dict) -> tuple[ocp.CheckpointManager, dict | None]:
+  """Opens the run's checkpoint manager and restores the latest usable checkpoint (None: no checkpoint).
+
+  A damaged checkpoint (see `_checkpoint_problem`, or one whose restore fails: truncated or missing array
+  files) is moved to `checkpoints.damaged/` with one line saying which file and why, and the run falls
+  back to the latest earlier one that restores: training is deterministic, so the epochs after it are
+  simply trained again. Damaged checkpoints are moved only once a usable one was found.
+
+  Raises:
+    InputError: checkpoints exist but none is usable (or, with several processes, one is damaged).
+  """
+  directory = workdir / CHECKPOINT_DIR
+  steps = _checkpoint_steps(directory)
+  damaged = [(step, *problem) for step, path in steps if (problem := _checkpoint_problem(path))]
+  sound = [step for step, _ in steps if step not in {d[0] for d in damaged}]  # latest first
+  # Several processes would each have to agree on a fallback; not attempted there.
+  if damaged and (not sound or jax.process_count() > 1):
+    raise _no_usable_checkpoint(workdir, damaged)
+  for step, _, _ in damaged:
+    _move_aside(workdir, directory / str(step))  # before orbax opens: they stop it from listing steps
+  manager, restored, failed = checkpoint_manager(workdir), None, []
+  if sound:
+    _ignore_late_restore_callbacks()  # before: they may come before the failed restore returns
+  for step in sound:
+    try:
+      restored = manager.restore(step, args=ocp.args.StandardRestore(template))
+      break
+    except Exception as err:  # pylint: disable=broad-except  (tensorstore and orbax raise many kinds)
+      failed.append((step, directory / str(step), f"checkpoint cannot be restored ({_short(err)})"))
+      if jax.process_count() > 1:
+        break
+  if failed:
+    manager.close()
+    if restored is None or jax.process_count() > 1:
+      raise _no_usable_checkpoint(workdir, failed + damaged)
+    for step, _, _ in failed:
+      _move_aside(workdir, directory / str(step))
+    manager = checkpoint_manager(workdir)  # orbax keeps the steps it listed: open it again without them
+  resumed = int(restored["epoch"]) if restored is not None else None
+  for step, path, problem in sorted(failed + damaged, reverse=True):
+    then = (f"resuming from the earlier checkpoint of epoch {resumed}" if resumed < step else
+            f"resuming from epoch {resumed} (the best checkpoint is now chosen among those left)")
+    files.note(f"{path}: {problem}; moved checkpoint {step} to {workdir / DAMAGED_CHECKPOINT_DIR}, {then}")
+  return manager, restored
+
+
+def read_metrics_log(path: Path, resume_epoch: int) -> list[str]:
+  """The lines of `metrics.jsonl` to keep when resuming from `resume_epoch`: those of epochs up to it.
+
+  A torn last line (a kill while writing it, by a version that wrote lines in pieces, or a disk that
+  filled up) is dropped with a one-line note: its epoch is after the last checkpoint and is trained and
+  logged again.
+
+  Raises:
+    InputError: a line other than the last is not a record (damage from outside).
+  """
+  text = path.read_bytes().decode("utf-8", errors="replace")
+  lines = text.split("\n")
+  kept, last = [], len(lines) - 1
+  # A complete file ends with a newline: its last piece is empty.
+  while last >= 0 and not lines[last].strip():
+    last -= 1
+  for number, line in enumerate(lines[:last + 1], start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      epoch = int(record["epoch"])
+    except (ValueError, KeyError, TypeError):
+      if number == last + 1:
+        files.note(f"{path}: dropped its torn last line (line {number}, cut off when the run was killed)")
+        break
+      raise InputError(path, f"line {number} is not a metrics record (damaged)",
+                       f"delete that line (every epoch after checkpoint {resume_epoch} is logged again), "
+                       "or the whole file") from None
+    if epoch <= resume_epoch:
+      kept.append(line)
+  return kept
+
+
 class _Logger:
   """metrics.jsonl and TensorBoard, written by process 0 only."""
 
@@ -450,18 +633,18 @@ class _Logger:
     if not self.active:
       return
     if self.path.exists():
-      # Drop epochs after the checkpoint we resume from: they will be run again.
-      kept = [ln for ln in self.path.read_text().splitlines()
-              if ln.strip() and json.loads(ln)["epoch"] <= resume_epoch]
-      self.path.write_text("".join(ln + "\n" for ln in kept))
+      # Drop epochs after the checkpoint we resume from (they will be run again) and a torn last line.
+      kept = "".join(ln + "\n" for ln in read_metrics_log(self.path, resume_epoch))
+      if kept != self.path.read_text(errors="replace"):
+        files.write_text_atomically(self.path, kept)
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     self.writer = SummaryWriter(str(workdir / "tensorboard"))
 
   def log(self, record: dict) -> None:
     if not self.active:
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    # One write of the whole line, flushed to disk: a kill cannot leave half a line behind.
+    files.append_line(self.path, json.dumps(record))
     for key, value in record.items():
       if key != "epoch" and isinstance(value, (int, float)):
         self.writer.add_scalar(key, value, record["epoch"])
@@ -477,19 +660,52 @@ def _write_json(path: Path, data: dict) -> None:
     files.write_text_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
+class _WorkdirLock:
+  """Process 0's hold on the run folder (`files.lock_folder`), taken as soon as the folder exists: a second
+  run in it is refused in one line instead of interleaving logs and deleting the other's checkpoints.
+  The other processes of a multi-host run share the folder with their process 0 and take no lock."""
+
+  def __init__(self, workdir: Path):
+    self.workdir, self.lock = workdir, None
+
+  def take(self) -> None:
+    if self.lock is None and jax.process_index() == 0 and self.workdir.is_dir():
+      self.lock = files.lock_folder(self.workdir)
+
+  def release(self) -> None:
+    if self.lock is not None:
+      self.lock.release()
+      self.lock = None
+
+
 def train_and_evaluate(config: TrainConfig) -> dict:
   """Trains to early stopping (resuming if the workdir has checkpoints), then scores the best
-  checkpoint on every test set. Returns the contents of `<workdir>/metrics.json`."""
+  checkpoint on every test set. Returns the contents of `<workdir>/metrics.json`.
+
+  Raises:
+    InputError: bad options or inputs, a workdir in use by another run or holding another experiment,
+      or damaged beyond what resuming can fall back from.
+  """
+  check_config(config)
+  lock = _WorkdirLock(config.resolved_workdir())
+  try:
+    return _train_and_evaluate(config, lock)
+  finally:
+    lock.release()  # on success, on an exception, on Ctrl-C; the kernel drops it on a kill
+
+
+def _train_and_evaluate(config: TrainConfig, lock: _WorkdirLock) -> dict:
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
-  check_config(config)
   workdir = config.resolved_workdir()
+  lock.take()  # an existing run folder: before reading or writing anything in it
   check_run_matches(config)  # before building anything: another experiment's folder is refused now
   data_dir = dataset_root(config)
   datasets = ensure_datasets(config)
   check_run_matches(config)  # and against the datasets as built
   # Only now: bad raw inputs must not leave an empty run folder behind.
   workdir.mkdir(parents=True, exist_ok=True)
+  lock.take()  # a new run folder: before writing into it
   stats = input_pipeline.scenario_normalization(config.scenario, config.patch, config.channels, data_dir)
   # The statistics travel with the run: evaluation and prediction normalise exactly as training did.
   _write_json(workdir / "config.json", {**_run_config(config, datasets), "normalization": stats.to_json()})
@@ -504,11 +720,9 @@ def train_and_evaluate(config: TrainConfig) -> dict:
   state = create_train_state(jax.random.key(config.seed), model,
                              (1, config.patch, config.patch, len(config.channels)), config)
   stopper = early_stopping.EarlyStopping(min_delta=config.min_delta, patience=config.patience)
-  manager = checkpoint_manager(workdir)
+  manager, restored = restore_latest(workdir, checkpoint_item(state, 0, stopper, pos_weight))
   start_epoch = 0
-  if manager.latest_step() is not None:
-    restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(
-        checkpoint_item(state, 0, stopper, pos_weight)))
+  if restored is not None:
     state, start_epoch = restored["state"], int(restored["epoch"])
     es = restored["early_stopping"]
     stopper = stopper.replace(best_metric=float(es["best_metric"]),
@@ -601,8 +815,17 @@ def evaluate_checkpoint(config, manager, template_state, stopper, pos_weight, st
                         data_dir) -> dict:
   """Scores the best checkpoint on each test set, with each set's coverage of its test area."""
   best = manager.best_step()
-  restored = manager.restore(best, args=ocp.args.StandardRestore(
-      checkpoint_item(template_state, 0, stopper, pos_weight)))
+  _ignore_late_restore_callbacks()
+  try:
+    restored = manager.restore(best, args=ocp.args.StandardRestore(
+        checkpoint_item(template_state, 0, stopper, pos_weight)))
+  except Exception as err:  # pylint: disable=broad-except  (tensorstore and orbax raise many kinds)
+    workdir = config.resolved_workdir()
+    manager.close()
+    raise InputError(workdir / CHECKPOINT_DIR / str(best), f"the best checkpoint (epoch {best}) cannot be "
+                     f"restored ({_short(err)})", f"score another one with python -m launch.evaluate "
+                     f"--workdir={workdir} --checkpoint=latest, or delete {workdir / CHECKPOINT_DIR} to "
+                     "train again") from None
   replicated = jax_utils.replicate(restored["state"])
   tests = {}
   for test_set in input_pipeline.test_sets(config.scenario):

@@ -43,7 +43,7 @@ import shapely
 import shapely.geometry
 from rasterio.enums import Resampling
 
-from landslide_jax import constants
+from landslide_jax import constants, files
 from landslide_jax.errors import InputError
 
 # Bump when the generated content changes, so cached demo folders from an older generator are rebuilt.
@@ -803,6 +803,8 @@ def write_demo_site(site: str, out_dir: str | os.PathLike, scale: float = 1.0, s
   out_dir = Path(out_dir)
   site_dir = out_dir / site
   description = _description(site, scale, seed)
+  # Temporary folders of writers that were killed; a live writer's is locked and stays.
+  files.remove_stale(out_dir, (f".{site}.tmp-", f".{site}.old-"))
   if _is_cached(site_dir, description):
     return site_dir
   if site_dir.exists():
@@ -812,10 +814,11 @@ def write_demo_site(site: str, out_dir: str | os.PathLike, scale: float = 1.0, s
       raise InputError(site_dir, "exists and is not a synthetic demo folder",
                        "choose another output folder or move it away")
   out_dir.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{site}.tmp-", dir=out_dir))
+  staging = files.StagingDir(out_dir, f".{site}.tmp-")  # locked while we write, so never taken for stale
+  tmp = staging.path
   try:
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the site folder should read like any other.
     _write_site_files(generate_demo_arrays(site, scale, seed), tmp, site, scale, seed)
+    staging.unlock()  # the site folder must hold exactly the demo files, not our lock file
     if site_dir.exists():
       # A directory cannot be renamed onto a non-empty one: move the stale demo aside first.
       trash = Path(tempfile.mkdtemp(prefix=f".{site}.old-", dir=out_dir))
@@ -828,8 +831,7 @@ def write_demo_site(site: str, out_dir: str | os.PathLike, scale: float = 1.0, s
       if not _is_cached(site_dir, description):
         raise
   finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
+    staging.cleanup()
   return site_dir
 
 

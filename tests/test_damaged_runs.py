@@ -1,0 +1,254 @@
+"""A damaged run folder (issue 10): truncated or missing checkpoint files, an empty step folder, a
+config.json that is not JSON or from another version, a torn last line of metrics.jsonl.
+
+Each gives one line naming the file (an InputError, or a note where the run can go on), and where an
+earlier usable checkpoint exists the run falls back to it and ends exactly as an uninterrupted run (CPU
+training is deterministic). One reference run of EPOCHS epochs on the tiny learnable sites of
+tests/run_fixtures.py is trained once; every test damages a copy of it. Its best checkpoint (epoch 2) is
+not its latest (epoch 3), so there is an earlier checkpoint to fall back to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from landslide_jax import files, input_pipeline, train
+from landslide_jax.errors import InputError
+from tests import run_fixtures
+from tests.conftest import ROOT
+from tests.test_train import _checkpoint_steps, _snapshot
+
+EPOCHS = 3
+BEST, LATEST = 2, 3
+TIMEOUT = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class Env:
+  root: Path
+  raw: Path
+  data_dir: Path
+  cache: Path
+  reference: Path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  with run_fixtures.learnable_module_env(tmp_path_factory, "damaged") as (root, raw, data_dir, cache):
+    reference = root / "reference"
+    run_fixtures.train_run(raw, data_dir, reference, EPOCHS)
+    yield Env(root, raw, data_dir, cache, reference)
+
+
+def _copy(env: Env, tmp_path: Path) -> Path:
+  return Path(shutil.copytree(env.reference, tmp_path / "run"))
+
+
+def _resume(env: Env, workdir: Path) -> dict:
+  """The reference run's command again, in `workdir`."""
+  return run_fixtures.train_run(env.raw, env.data_dir, workdir, EPOCHS)
+
+
+def _truncate(path: Path) -> None:
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+
+
+def _truncate_arrays(workdir: Path, step: int) -> Path:
+  """Cuts the largest array file of a checkpoint in half (the parameters, as a disk-full write would)."""
+  folder = workdir / train.CHECKPOINT_DIR / str(step)
+  largest = max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  _truncate(largest)
+  return largest
+
+
+def _notes(capfd) -> list[str]:
+  return [ln for ln in capfd.readouterr().err.replace("\r", "\n").splitlines() if ln.startswith("note: ")]
+
+
+def _tree(folder: Path) -> dict[str, int]:
+  return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+def test_reference_has_a_best_checkpoint_before_its_latest(env):
+  assert _checkpoint_steps(env.reference) == [BEST, LATEST]
+  assert run_fixtures.read_json(env.reference / "metrics.json")["best_epoch"] == BEST
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_earlier_one(env, tmp_path, capfd, monkeypatch):
+  workdir = _copy(env, tmp_path)
+  _truncate_arrays(workdir, LATEST)
+  load = input_pipeline.load_training_data
+  held = []
+
+  def load_while_locked(*args, **kwargs):
+    # The run holds its workdir meanwhile: a second run would be refused.
+    with pytest.raises(InputError, match=f"workdir is in use by pid {os.getpid()} since"):
+      files.lock_folder(workdir)
+    held.append(True)
+    return load(*args, **kwargs)
+  monkeypatch.setattr(input_pipeline, "load_training_data", load_while_locked)
+  capfd.readouterr()
+  result = _resume(env, workdir)
+  captured = capfd.readouterr()
+  notes = [ln for ln in captured.err.replace("\r", "\n").splitlines() if ln.startswith("note: ")]
+  assert len(notes) == 1, captured.err
+  assert notes[0].startswith(f"note: {workdir / train.CHECKPOINT_DIR / str(LATEST)}: checkpoint cannot be "
+                             "restored (")
+  assert notes[0].endswith(f"; moved checkpoint {LATEST} to {workdir / train.DAMAGED_CHECKPOINT_DIR}, "
+                           f"resuming from the earlier checkpoint of epoch {BEST}")
+  assert f"resuming from epoch {BEST} in {workdir}" in captured.out
+  # Epoch 3 trained again from checkpoint 2: the same result as the uninterrupted run.
+  assert _snapshot(workdir) == _snapshot(env.reference)
+  assert result == run_fixtures.read_json(env.reference / "metrics.json")
+  assert _checkpoint_steps(workdir) == [BEST, LATEST]
+  assert (workdir / train.DAMAGED_CHECKPOINT_DIR / str(LATEST)).is_dir()
+  assert held == [True] and not (workdir / files.LOCK_FILE).exists()
+
+
+def test_empty_step_folder_is_moved_aside(env, tmp_path, capfd):
+  # An empty step folder made every orbax restore fail, so the run could never resume.
+  workdir = _copy(env, tmp_path)
+  (workdir / train.CHECKPOINT_DIR / "4").mkdir()
+  capfd.readouterr()
+  result = _resume(env, workdir)
+  assert _notes(capfd) == [
+      f"note: {workdir / train.CHECKPOINT_DIR / '4'}: checkpoint folder is empty; moved checkpoint 4 to "
+      f"{workdir / train.DAMAGED_CHECKPOINT_DIR}, resuming from the earlier checkpoint of epoch {LATEST}"]
+  assert result == run_fixtures.read_json(env.reference / "metrics.json")
+  assert _snapshot(workdir) == _snapshot(env.reference)
+
+
+def test_no_usable_checkpoint_is_one_line_naming_the_file(env, tmp_path):
+  workdir = _copy(env, tmp_path)
+  _truncate_arrays(workdir, BEST)
+  os.remove(workdir / train.CHECKPOINT_DIR / str(LATEST) / "default" / "manifest.ocdbt")  # a lost file
+  before = _tree(workdir / train.CHECKPOINT_DIR)
+  o = run_fixtures.RUN_OPTIONS
+  proc = subprocess.run(
+      [sys.executable, "-m", "launch.train", "--scenario=china", f"--patch={o['patch']}",
+       f"--model={o['model']}", f"--batch_size={o['batch_size']}", f"--learning_rate={o['learning_rate']}",
+       f"--loss_weights={o['loss_weights']}", f"--patience={o['patience']}", f"--seed={o['seed']}",
+       f"--max_epochs={EPOCHS}", f"--channels={run_fixtures.CHANNELS}", f"--workdir={workdir}",
+       f"--data_dir={env.data_dir}", f"--manual_dir={env.raw}"],
+      cwd=ROOT, env=run_fixtures.subprocess_env(env.cache), capture_output=True, text=True,
+      timeout=TIMEOUT, check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+  assert len(lines) == 1, proc.stderr
+  checkpoints = workdir / train.CHECKPOINT_DIR
+  assert lines[0].startswith(f"error: {checkpoints / str(LATEST)}: checkpoint cannot be restored (")
+  assert f"(checkpoint of epoch {LATEST}), and no earlier checkpoint is usable; checkpoint {BEST} too: " \
+         f"{checkpoints / str(BEST)}: checkpoint cannot be restored (" in lines[0]
+  assert lines[0].endswith(f"Fix: delete {checkpoints} to train this run again from epoch 1 (config.json "
+                           "and the datasets are kept), or pass another --workdir")
+  # No checkpoint moved or written (config.json is rewritten at every start, as before).
+  assert _tree(workdir / train.CHECKPOINT_DIR) == before
+  assert not (workdir / train.DAMAGED_CHECKPOINT_DIR).exists()
+
+
+def test_damaged_best_checkpoint_is_one_line_naming_it(env, tmp_path):
+  workdir = _copy(env, tmp_path)
+  _truncate_arrays(workdir, BEST)  # the latest restores; the best is needed for the scores
+  with pytest.raises(InputError) as err:
+    _resume(env, workdir)
+  assert err.value.path == str(workdir / train.CHECKPOINT_DIR / str(BEST))
+  assert f"the best checkpoint (epoch {BEST}) cannot be restored (" in err.value.problem
+  assert err.value.fix == (f"score another one with python -m launch.evaluate --workdir={workdir} "
+                           f"--checkpoint=latest, or delete {workdir / train.CHECKPOINT_DIR} to train again")
+  assert "\n" not in str(err.value)
+
+
+def test_truncated_checkpoint_metrics_file_is_moved_aside(env, tmp_path, capfd):
+  # orbax could not even open the checkpoint directory (a JSON error from its metrics file).
+  workdir = _copy(env, tmp_path)
+  metrics_file = workdir / train.CHECKPOINT_DIR / str(LATEST) / "metrics" / "metrics"
+  _truncate(metrics_file)
+  capfd.readouterr()
+  _resume(env, workdir)
+  assert _notes(capfd) == [
+      f"note: {metrics_file}: checkpoint file is not valid JSON (truncated?); moved checkpoint {LATEST} to "
+      f"{workdir / train.DAMAGED_CHECKPOINT_DIR}, resuming from the earlier checkpoint of epoch {BEST}"]
+  assert _snapshot(workdir) == _snapshot(env.reference)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# config.json and metrics.jsonl
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("truncated", "is not a config.json this version of landslide_jax wrote: not valid JSON "
+                  "(JSONDecodeError at byte"),
+    ("newer_version", "is not a config.json this version of landslide_jax wrote (another version's: "
+                      "options unknown here: tile_overlap)"),
+])
+def test_damaged_config_json_is_one_line_naming_it(env, tmp_path, damage, problem):
+  workdir = _copy(env, tmp_path)
+  config = workdir / "config.json"
+  if damage == "truncated":
+    _truncate(config)
+  else:
+    saved = json.loads(config.read_text())
+    saved["flags"]["tile_overlap"] = 0.25
+    config.write_text(json.dumps(saved))
+  before = _tree(workdir)
+  with pytest.raises(InputError) as err:
+    _resume(env, workdir)
+  assert err.value.path == str(config)
+  assert err.value.problem.startswith(problem), err.value.problem
+  assert "pass another --workdir, or delete that run folder to start over" in err.value.fix
+  assert _tree(workdir) == before
+
+
+def test_killed_run_with_a_torn_log_line_and_a_stale_lock_resumes(env, tmp_path, capfd):
+  # What a SIGKILL while logging epoch 3 left, with the previous version's buffered writes: epoch 3's
+  # line cut short, no checkpoint 3 yet, and the lock file of the dead process. Before, the torn line
+  # made every resume fail on a JSON error.
+  workdir = _copy(env, tmp_path)
+  shutil.rmtree(workdir / train.CHECKPOINT_DIR / str(LATEST))
+  log = workdir / "metrics.jsonl"
+  lines = log.read_text().splitlines(keepends=True)
+  log.write_text("".join(lines[:2]) + lines[2][:len(lines[2]) // 2])
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                        text=True, check=True)
+  record = {"pid": int(dead.stdout), "host": os.uname().nodename, "since": "2026-01-01T00:00:00+00:00"}
+  (workdir / files.LOCK_FILE).write_text(json.dumps(record))
+  capfd.readouterr()
+  _resume(env, workdir)
+  assert _notes(capfd) == [
+      f"note: {workdir}: took over the lock of pid {record['pid']} since {record['since']}, which is gone "
+      "(killed?)",
+      f"note: {log}: dropped its torn last line (line 3, cut off when the run was killed)"]
+  assert _snapshot(workdir) == _snapshot(env.reference)
+  assert not (workdir / files.LOCK_FILE).exists()
+
+
+def test_damaged_log_line_before_the_last_is_one_line_naming_it(env, tmp_path):
+  workdir = _copy(env, tmp_path)
+  log = workdir / "metrics.jsonl"
+  lines = log.read_text().splitlines(keepends=True)
+  log.write_text(lines[0][:10] + "\n" + "".join(lines[1:]))
+  with pytest.raises(InputError) as err:
+    _resume(env, workdir)
+  assert str(err.value) == (f"{log}: line 1 is not a metrics record (damaged). Fix: delete that line "
+                            f"(every epoch after checkpoint {LATEST} is logged again), or the whole file")
+
+
+def test_log_lines_are_written_whole(tmp_path):
+  log = tmp_path / "metrics.jsonl"
+  files.append_line(log, json.dumps({"epoch": 1}))
+  files.append_line(log, json.dumps({"epoch": 2}) + "\n")
+  assert log.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+  assert train.read_metrics_log(log, 1) == ['{"epoch": 1}']
