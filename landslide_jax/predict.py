@@ -318,7 +318,7 @@ def _write_maps(run, inputs: site_inputs.SiteInputs, folder: Path, grid: raster_
   prob_out = _AtomicGeoTIFF(folder / PROBABILITY_FILE, grid, "float32", PROBABILITY_NODATA, "average",
                             tags)
   mask_out = _AtomicGeoTIFF(folder / LANDSLIDES_FILE, grid, "uint8", LANDSLIDE_NODATA, "nearest", tags)
-  ok = False
+  ok, mapped = False, 0
   try:
     blocks = [(r0, c0) for r0 in range(0, grid.shape[0], block) for c0 in range(0, grid.shape[1], block)]
     for r0, c0 in tqdm(blocks, desc="predict", unit="block"):
@@ -351,6 +351,14 @@ def _write_maps(run, inputs: site_inputs.SiteInputs, folder: Path, grid: raster_
       prob_out.write(np.where(ok_pixels, prob, PROBABILITY_NODATA).astype(np.float32), window)
       mask_out.write(np.where(ok_pixels, (prob > threshold).astype(np.uint8), LANDSLIDE_NODATA)
                      .astype(np.uint8), window)
+      mapped += int(ok_pixels.sum())
+    if mapped == 0:
+      # Empty maps with exit 0 would read as "no landslides here", as prepare refuses such scenes too.
+      raise InputError(raster_io.s2_source(inputs, tuple(c for c in channels
+                                                         if c in constants.SENTINEL2_BANDS)),
+                       "no pixel of the scene has data: every one is nodata, masked (clouds) or "
+                       "outside the area of interest", "check the scene, the --cloud_mask polarity "
+                       "(non-zero = invalid) and the --aoi")
     ok = True
   finally:
     prob_out.close(ok)

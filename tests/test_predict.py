@@ -308,6 +308,14 @@ def test_aoi_maps_only_its_window_and_cloud_mask_masks(env, tmp_path):
   with pytest.raises(InputError, match="outside the Sentinel-2 scene"):
     predict.predict_scene(env.workdir, s2, dem, tmp_path / "far_map", aoi=far)
   _assert_nothing_written(tmp_path / "far_map")
+  # Clouds over the whole AOI: refused in one line, no empty maps left behind.
+  everywhere = tmp_path / "clouds_everywhere.tif"
+  with rasterio.open(everywhere, "w", driver="GTiff", height=clouds.shape[0], width=clouds.shape[1],
+                     count=1, dtype="uint8", crs=full_meta["crs"], transform=full_meta["transform"]) as dst:
+    dst.write(np.ones_like(clouds), 1)
+  with pytest.raises(InputError, match="no pixel of the scene has data"):
+    predict.predict_scene(env.workdir, s2, dem, tmp_path / "cloudy_map", aoi=aoi, cloud_mask=everywhere)
+  _assert_nothing_written(tmp_path / "cloudy_map")
   # An AOI smaller than one model window: one line naming the AOI and the size to draw.
   small = tmp_path / "small.geojson"
   conftest.write_polygons(small, [conftest.pixel_box(r0, PATCH, PATCH // 2, PATCH // 2)], driver="GeoJSON")
