@@ -57,6 +57,10 @@ def test_prepare_without_manual_dir_uses_the_labelled_demo_scenes(tmp_path):
   assert row[:5] == ["china", "64"] + [str(meta["areas"][s]["patches"]) for s in
                                        ("train", "validation", "test")]
   assert row[-1] == constants.SOURCE_DEMO
+  # One line of ours per dataset, none of TFDS's "Downloading and preparing dataset Unknown size".
+  printed = out.stdout + out.stderr
+  assert "Downloading and preparing" not in printed and "downloaded and prepared" not in printed
+  assert "china p64: built at" in out.stdout
   assert (tmp_path / prepare.DEMO_DIRNAME).is_dir()
   assert not (tmp_path / "china").exists()  # real-data datasets' place stays free
 

@@ -91,7 +91,19 @@ def _share(values: np.ndarray, valid: np.ndarray) -> float:
   return float(values[valid.astype(bool)].sum() / n) if n else 0.0
 
 
-class SiteBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class QuietBuild:
+  """Mixin for our builders: TFDS's own "Downloading and preparing dataset Unknown size ..." and
+  "downloaded and prepared" lines say nothing true here (nothing is downloaded, they name the staging
+  folder); launch.prepare prints one line of its own per dataset instead."""
+
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
+
+class SiteBuilder(QuietBuild, tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base builder: reads `<manual_dir>/<SITE>/`, splits, patches and writes array_record shards."""
 
   SITE: ClassVar[str]

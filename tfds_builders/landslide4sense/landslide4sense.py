@@ -32,7 +32,7 @@ def make_config(patch: int, channels: tuple[str, ...] = constants.DEFAULT_CHANNE
                    description=f"{patch} px tiles of channels {', '.join(channels)}")
 
 
-class Landslide4sense(tfds.core.GeneratorBasedBuilder):
+class Landslide4sense(site_builder.QuietBuild, tfds.core.GeneratorBasedBuilder):
   """Landslide4Sense (Ghorbanzadeh et al. 2022) in the landslide_jax feature layout."""
 
   VERSION = site_builder.VERSION
