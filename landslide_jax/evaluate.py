@@ -69,7 +69,12 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
   if not config_path.is_file():
     raise InputError(workdir, "no config.json: not a training run folder",
                      "pass the --workdir of a run made by python -m launch.train")
-  saved = json.loads(config_path.read_text())
+  try:
+    saved = json.loads(config_path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    raise InputError(config_path, f"is not valid JSON ({err.__class__.__name__} at byte "
+                     f"{getattr(err, 'pos', '?')}; truncated?), so the run cannot be loaded",
+                     "restore it from a copy of the run folder, or train the run again") from None
   flags = dict(saved["flags"])
   flags["channels"] = tuple(flags["channels"])
   try:

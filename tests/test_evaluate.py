@@ -120,6 +120,12 @@ def _linked_run(workdir: Path, dest: Path) -> Path:
 # load_run
 
 
+def test_load_run_names_a_config_json_that_is_not_json(tmp_path):
+  (tmp_path / "config.json").write_text('{"flags": {"scenario": "chi')  # cut short by a copy
+  with pytest.raises(InputError, match="config.json: is not valid JSON .*truncated"):
+    evaluate.load_run(tmp_path)
+
+
 def test_load_run_rejects_a_folder_without_config(tmp_path):
   with pytest.raises(InputError) as err:
     evaluate.load_run(tmp_path)
