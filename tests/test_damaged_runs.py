@@ -24,6 +24,7 @@ from landslide_jax import files, input_pipeline, train
 from landslide_jax.errors import InputError
 from tests import run_fixtures
 from tests.conftest import ROOT
+from tests import test_train
 from tests.test_train import _checkpoint_steps, _snapshot
 
 EPOCHS = 3
@@ -32,11 +33,8 @@ TIMEOUT = 300
 
 
 @dataclasses.dataclass(frozen=True)
-class Env:
-  root: Path
-  raw: Path
-  data_dir: Path
-  cache: Path
+class Env(test_train.Env):
+  """test_train's prepared inputs, and an uninterrupted reference run to compare resumed runs with."""
   reference: Path
 
 
