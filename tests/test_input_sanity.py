@@ -19,8 +19,10 @@ import pyogrio.raw
 import pytest
 import rasterio
 import rasterio.features
+import rasterio.warp
 import rasterio.windows
 import shapely
+import shapely.geometry
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
@@ -248,6 +250,66 @@ def test_inventory_and_test_area_rasters_off_the_scene(grid, tmp_path, what):
   with pytest.raises(InputError) as info:
     inventory.read_mask(path, grid, what)
   _one_line(info.value, "mask.tif", f"{what} raster does not overlap the scene", "EPSG:32647")
+
+
+def _geojson_without_crs(path: Path, polygons: list) -> Path:
+  """A GeoJSON written as a careless export does: no "crs" member, so GDAL reads it as EPSG:4326."""
+  features = [{"type": "Feature", "properties": {"id": i}, "geometry": shapely.geometry.mapping(p)}
+              for i, p in enumerate(polygons)]
+  path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+  return path
+
+
+@pytest.mark.parametrize("kind", ["geojson-without-crs", "gpkg-tagged-4326"])
+@pytest.mark.parametrize("key", ["inventory", "test_area", "aoi"])
+def test_metres_under_a_degree_crs_are_refused(make_site, kind, key):
+  site = make_site("china", manifest={})
+  boxes = [pixel_box(20, 30, 12, 8), pixel_box(0, 0, 100, 300)]  # UTM metres, on the scene
+  if kind == "geojson-without-crs":
+    name = _geojson_without_crs(site / f"{key}_utm.geojson", boxes).name
+  else:
+    name = f"{key}_utm.gpkg"
+    write_polygons(site / name, boxes, crs="EPSG:4326")
+  spec = json.loads((site / "manifest.json").read_text())
+  (site / "manifest.json").write_text(json.dumps({**spec, key: name}))
+  with pytest.raises(InputError) as info:
+    scene_lib.load_scene(site, constants.DEFAULT_CHANNELS, "china")
+  _one_line(info.value, name, "coordinates (500000, 3699000, 503000, 3700000) are not degrees",
+            "EPSG:4326", "ogr2ogr -a_srs EPSG:32648")
+
+
+def test_geojson_without_crs_in_degrees_is_read_as_wgs84(grid, tmp_path):
+  # The control: the same polygons in lon/lat, no "crs" member, give the UTM file's mask.
+  boxes = [pixel_box(20, 30, 12, 8), pixel_box(60, 70, 10, 20)]
+  write_polygons(tmp_path / "utm.gpkg", boxes)
+  lonlat = [shapely.geometry.shape(g) for g in rasterio.warp.transform_geom(
+      SITE_CRS, "EPSG:4326", [shapely.geometry.mapping(b) for b in boxes])]
+  path = _geojson_without_crs(tmp_path / "lonlat.geojson", lonlat)
+  expected = inventory.read_mask(tmp_path / "utm.gpkg", grid, "inventory")
+  assert expected.sum() == 12 * 8 + 10 * 20
+  np.testing.assert_array_equal(inventory.read_mask(path, grid, "inventory"), expected)
+
+
+def test_metres_under_a_degree_crs_as_predict_aoi(grid, tmp_path):
+  path = _geojson_without_crs(tmp_path / "aoi.geojson", [pixel_box(10, 10, 50, 50)])
+  with pytest.raises(InputError) as info:
+    raster_io.aoi_window(path, grid)
+  _one_line(info.value, "aoi.geojson", "area-of-interest coordinates", "are not degrees")
+
+
+def test_metres_under_a_degree_crs_from_the_cli_is_one_line_exit_2(make_site, tmp_path):
+  site = make_site("china", manifest={})
+  _geojson_without_crs(site / "inventory_utm.geojson", [pixel_box(20, 30, 12, 8)])
+  spec = json.loads((site / "manifest.json").read_text())
+  (site / "manifest.json").write_text(json.dumps({**spec, "inventory": "inventory_utm.geojson"}))
+  proc = subprocess.run([sys.executable, "-m", "launch.prepare", "--site=china", "--patch=32",
+                         f"--manual_dir={site.parent}", f"--data_dir={tmp_path / 'tfds'}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr and lines[-1].startswith("error: "), proc.stderr[-2000:]
+  assert "inventory_utm.geojson" in lines[-1] and "are not degrees" in lines[-1]
+  assert not any((tmp_path / "tfds").rglob("*.array_record*"))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import rasterio.features
 import rasterio.warp
 import shapely
 import shapely.geometry
+from rasterio._err import CPLE_BaseError  # GDAL/PROJ errors; rasterio exports no public base
 
 from landslide_jax.data import raster_io
 from landslide_jax.data.site_inputs import RASTER_SUFFIXES
@@ -93,8 +94,8 @@ def read_polygons(path: str | os.PathLike, dst_crs, layer: str | None = None) ->
   repaired with `shapely.make_valid`, with one warning line on stderr.
 
   Raises:
-    InputError: unreadable file, missing CRS, or non-polygon geometries (points or lines), also inside
-      GeometryCollections.
+    InputError: unreadable file, missing CRS, coordinates that do not fit the CRS, or non-polygon
+      geometries (points or lines), also inside GeometryCollections.
   """
   try:
     meta, _, wkb, _ = pyogrio.raw.read(path, layer=layer, read_geometry=True)
@@ -110,8 +111,14 @@ def read_polygons(path: str | os.PathLike, dst_crs, layer: str | None = None) ->
   geoms = _repair(path, geoms)
   if not geoms:
     return []
+  raster_io.check_vector_coordinates(path, meta["crs"], shapely.total_bounds(geoms), "feature")
   mapped = [shapely.geometry.mapping(g) for g in geoms]
-  return rasterio.warp.transform_geom(meta["crs"], dst_crs, mapped)
+  try:
+    return rasterio.warp.transform_geom(meta["crs"], dst_crs, mapped)
+  except CPLE_BaseError as err:  # e.g. a polygon over a pole that the scene's UTM zone cannot hold
+    raise InputError(path, f"cannot reproject the features from {meta['crs']} to the scene's {dst_crs} "
+                     f"({str(err).splitlines()[0][:120]})",
+                     "clip the file to the study area (QGIS: Vector > Geoprocessing Tools > Clip)") from None
 
 
 def rasterize_polygons(geometries: list[dict], grid: raster_io.Grid) -> np.ndarray:

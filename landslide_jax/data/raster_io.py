@@ -367,6 +367,26 @@ def _source_grid(inputs, bands: tuple[str, ...]) -> Grid:
     return grid_of(src)
 
 
+def check_vector_coordinates(path: str | os.PathLike, crs, bounds, what: str) -> None:
+  """Refuses a vector file whose CRS is geographic but whose coordinates are not degrees.
+
+  A GeoJSON without a "crs" member is read as EPSG:4326 (RFC 7946), so a UTM export that lost the
+  member, or a GeoPackage tagged with the wrong EPSG code, holds metres under a degree CRS: PROJ then
+  fails with "Invalid latitude", or the features land thousands of kilometres away.
+
+  Raises:
+    InputError: coordinates outside longitude -180..360 or latitude -90..90 under a geographic CRS.
+  """
+  crs = CRS.from_user_input(crs)
+  left, bottom, right, top = (float(v) for v in bounds)
+  if not crs.is_geographic or (left >= -180 and right <= 360 and bottom >= -90 and top <= 90):
+    return
+  raise InputError(path, f"{what} coordinates ({left:.0f}, {bottom:.0f}, {right:.0f}, {top:.0f}) are not "
+                   f"degrees, yet the file's CRS is {crs} (a GeoJSON without a \"crs\" member is read as "
+                   "EPSG:4326)", "tag the CRS the coordinates are in, e.g. ogr2ogr -a_srs EPSG:32648 "
+                   "out.gpkg in.geojson for UTM zone 48N")
+
+
 def aoi_window(aoi: str | os.PathLike, grid: Grid) -> rasterio.windows.Window:
   """The window of `grid` holding the bounding box of an area-of-interest vector file, grown to whole
   pixels and clipped to the grid.
@@ -387,6 +407,7 @@ def aoi_window(aoi: str | os.PathLike, grid: Grid) -> rasterio.windows.Window:
   bounds = info.get("total_bounds")
   if bounds is None or info.get("features", 0) == 0 or not np.all(np.isfinite(bounds)):
     raise InputError(aoi, "area-of-interest file has no feature", "draw the study area polygon")
+  check_vector_coordinates(aoi, info["crs"], bounds, "area-of-interest")
   left, bottom, right, top = rasterio.warp.transform_bounds(info["crs"], grid.crs, *bounds,
                                                             densify_pts=21)
   w = rasterio.windows.from_bounds(left, bottom, right, top, grid.transform)
