@@ -7,6 +7,8 @@ A launcher defines its flags, attaches the `check_*` rules below to those that n
 
 - a bad command line (absl's own errors and the `check_*` rules), or bad input (`InputError`): one
   `error: <flag or file>: <problem>. Fix: <fix>` line, exit 2, before anything is written;
+- a fault of the machine (full disk, read-only or forbidden folder, symlink loop; see `faults`): one
+  `error:` line naming the path, the fault and the folder flag to change, exit 2;
 - Ctrl-C: one `interrupted` line, exit 130 (what shells report for SIGINT).
 
 Other exceptions keep their traceback: they are bugs, and the traceback is what a bug report needs.
@@ -23,6 +25,7 @@ from typing import Any, Callable, NoReturn
 
 from absl import flags, logging
 
+from landslide_jax import faults
 from landslide_jax.errors import InputError
 
 EXIT_BAD_INPUT = 2
@@ -40,6 +43,8 @@ _REWORDED = ((re.compile(r"could not convert string to float: .*"), "not a numbe
              (re.compile(r"^ERROR:: "), ""))
 # jax.random.key takes a seed that fits int64; numpy's generators refuse negative ones.
 _SEED_LIMIT = 2**63
+# Folder flags registered by `check_folder`: a disk fault under one of them names the flag in its fix.
+_FOLDER_FLAGS: list[flags.FlagHolder] = []
 
 
 def command() -> str:
@@ -177,11 +182,23 @@ def check_folder(flag: flags.FlagHolder, fix: str = "pass a folder: an existing 
       return None
     return "is a file, not a folder" if blocker == Path(value) else f"{blocker} is a file, not a folder"
   check(flag, problem_of, fix)
+  _FOLDER_FLAGS.append(flag)
+
+
+def _exit_now(code: int) -> NoReturn:
+  """Out at once, without the interpreter's shutdown: work cut short in other threads (an XLA compilation,
+  an orbax checkpoint being saved) crashes or prints tracebacks while Python tears down. On disk this is
+  a kill, which runs survive: orbax renames a checkpoint into place only once it is complete, and the
+  same command resumes from the last complete one."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 def run_reporting_input_errors(fn: Callable[[], object], resumable: bool = False) -> None:
-  """Calls `fn`: an `InputError` (bad input or flag value) becomes one line on stderr and exit 2; Ctrl-C
-  becomes one line (`interrupted`, and how to resume when `resumable`) and exit 130.
+  """Calls `fn`: an `InputError` (bad input or flag value) or a machine fault (`faults`) becomes one line on
+  stderr and exit 2; Ctrl-C becomes one line (`interrupted`, and how to resume when `resumable`) and
+  exit 130.
 
   Other exceptions keep their traceback: they are bugs, and the traceback is what a bug report needs.
   """
@@ -189,21 +206,24 @@ def run_reporting_input_errors(fn: Callable[[], object], resumable: bool = False
   # user asked for more with --verbosity.
   if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  faults.watch_library_messages()
   interrupted = False
+  fault = None
   try:
     fn()
   except InputError as err:
     _exit_bad_input(err)
   except KeyboardInterrupt:
     interrupted = True
+  except Exception as err:  # pylint: disable=broad-except
+    fault = faults.environment_fault(err, {flag.name: flag.value for flag in _FOLDER_FLAGS})
+    if fault is None:
+      raise  # a bug: its traceback is the report
+  # Both reported outside the handler: the traceback is gone by now, and with it the frames holding an
+  # open progress bar, so tqdm has cleared its line and ours starts on a line of its own.
+  if fault is not None:
+    print(f"error: {fault}", file=sys.stderr)
+    _exit_now(EXIT_BAD_INPUT)
   if interrupted:
-    # Reported outside the handler: the traceback is gone by now, and with it the frames holding an open
-    # progress bar, so tqdm has cleared its line and ours starts on a line of its own.
     print("interrupted; resume with the same command" if resumable else "interrupted", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Out at once, without the interpreter's shutdown: work that Ctrl-C cut short in other threads (an XLA
-    # compilation, an orbax checkpoint being saved) crashes or prints tracebacks while Python tears down.
-    # On disk this is a kill, which runs survive: orbax renames a checkpoint into place only once it is
-    # complete, and the same command resumes from the last complete one.
-    os._exit(EXIT_INTERRUPTED)
+    _exit_now(EXIT_INTERRUPTED)

@@ -7,6 +7,7 @@
   it over with a one-line note.
 - `lock_folder`: one process at a time in a run folder or an output folder (`launch.train`,
   `launch.sweep`); a second one is refused in one line.
+- `require_free_space`: refuse to start a write the disk cannot hold.
 - `staging_dir`, `remove_stale`: hidden work folders (a dataset being built, a demo site being written,
   maps being written) locked by their owner while it lives, so the next run can tell a leftover of a
   killed process (removed) from the folder of a live one (never touched).
@@ -59,6 +60,38 @@ PROCESS_START = _process_start()
 def note(message: str) -> None:
   """One line on stderr about something fixed on the way (a stale lock taken over, a leftover removed)."""
   print(f"note: {message}".replace("\n", " "), file=sys.stderr, flush=True)
+
+
+# Room kept beside what a write needs: file-system metadata, logs, the small files written next to it.
+_FREE_MARGIN_BYTES = 16 * 2**20
+
+
+def require_free_space(folder: str | os.PathLike, need_bytes: int, what: str, flag: str | None = None
+                       ) -> None:
+  """Refuses to start writing `what` (about `need_bytes`) into `folder` when its disk has less room.
+
+  Checked before the write because a disk that fills in the middle of one fails inside GDAL (which logs
+  "No space left" on stderr and raises a bare "Write failed") or in orbax's background threads: the
+  staged work is then removed, but the user gets pages of tracebacks instead of one line.
+
+  Raises:
+    InputError: the disk holding `folder` (or its first existing parent) has less than `need_bytes`
+      plus a 16 MiB margin free.
+  """
+  for part in (Path(folder), *Path(folder).parents):
+    try:
+      free = shutil.disk_usage(part).free
+      break
+    except OSError:  # not made yet: its parent's disk is where it will be
+      continue
+  else:
+    return
+  if free >= need_bytes + _FREE_MARGIN_BYTES:
+    return
+  elsewhere = f"pass another {flag}" if flag else "write to another disk"
+  raise InputError(folder, f"not enough free space for {what}: needs about "
+                   f"{(need_bytes + _FREE_MARGIN_BYTES) / 1e6:.1f} MB, the disk has {free / 1e6:.1f} MB free",
+                   f"free space on that disk or {elsewhere}")
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> Path:

@@ -290,6 +290,8 @@ def _predict(run, inputs: site_inputs.SiteInputs, out_dir: str | os.PathLike, ov
   provenance = _provenance(run, threshold, members)
   with files.FileLock(out_dir / SWAP_LOCK):
     _tidy_output_folder(out_dir)
+  # float32 probability + uint8 classes, uncompressed, and the COG copies made of them: an upper bound.
+  files.require_free_space(out_dir, 2 * grid.shape[0] * grid.shape[1] * (4 + 1), "the maps", "--out")
   with files.staging_dir(out_dir, STAGING_PREFIX) as staging:
     _write_maps(run, inputs, staging.path, grid, rows, cols, blend_weights(patch, blend),
                 max(block, patch), batch_size, threshold, provenance)

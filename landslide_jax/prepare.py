@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from landslide_jax import constants, files
-from landslide_jax.data import demo, landslide4sense, site_inputs
+from landslide_jax.data import demo, landslide4sense, raster_io, site_inputs
 from landslide_jax.data.normalization import read_metadata
 from landslide_jax.errors import InputError
 
@@ -149,6 +149,19 @@ def input_hash(name: str, manual_dir: str | os.PathLike) -> str:
   return site_inputs.find_site_inputs(Path(manual_dir) / name).content_hash()
 
 
+def _dataset_bytes_bound(name: str, manual_dir: str | os.PathLike, channels: tuple[str, ...]) -> int:
+  """At most every input pixel once (windows never overlap): float32 channels plus the mask and valid
+  bytes. Read from the files' headers, no pixel read."""
+  per_pixel = 4 * len(channels) + 2
+  if name == "landslide4sense":
+    splits, _ = landslide4sense.plan_splits(landslide4sense.find_root(manual_dir))
+    return per_pixel * constants.L4S_PATCH**2 * sum(len(images) for images in splits.values())
+  inputs = site_inputs.find_site_inputs(Path(manual_dir) / name)
+  bands = tuple(c for c in channels if c in constants.SENTINEL2_BANDS) or constants.PAPER_BANDS
+  rows, cols = raster_io.scene_grid(inputs, bands).shape
+  return per_pixel * rows * cols
+
+
 def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir: str | os.PathLike,
                  channels: tuple[str, ...] = constants.DEFAULT_CHANNELS,
                  overwrite: bool = False,
@@ -186,6 +199,8 @@ def prepare_site(site: str, patch: int, data_dir: str | os.PathLike, manual_dir:
     reused = _reusable(site, patch, target, current_hash, channels, overwrite)
     if reused is not None:
       return reused
+    files.require_free_space(data_dir, _dataset_bytes_bound(site, manual_dir, channels),
+                             f"the {site} p{patch} dataset", "--data_dir")
     with files.staging_dir(data_dir, STAGING_PREFIX) as staging:
       staged_builder = tfds_builders.get_builder(site, config, staging.path)
       # TFDS's nested progress bars turn logs into escape-code soup; we print one line per dataset.

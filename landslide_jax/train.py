@@ -786,9 +786,12 @@ def _train_and_evaluate(config: TrainConfig, lock: _WorkdirLock) -> dict:
       print(f"epoch {epoch:3d}  train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
             f"val P/R/F1 {val['precision']:.3f}/{val['recall']:.3f}/{val['f1']:.3f}"
             f"{'  *best*' if stopper.has_improved else ''}  ({record['seconds']:.1f} s)", flush=True)
-    manager.save(epoch, args=ocp.args.StandardSave(
-        checkpoint_item(jax_utils.unreplicate(replicated), epoch, stopper, pos_weight)),
-        metrics={"val_loss": val["loss"]})
+    item = checkpoint_item(jax_utils.unreplicate(replicated), epoch, stopper, pos_weight)
+    # Every epoch: other jobs fill shared disks too. Refused here, the run stops between checkpoints
+    # and resumes from the last one once there is room.
+    files.require_free_space(workdir, sum(np.asarray(x).nbytes for x in jax.tree.leaves(item)),
+                             f"the epoch {epoch} checkpoint", "--workdir")
+    manager.save(epoch, args=ocp.args.StandardSave(item), metrics={"val_loss": val["loss"]})
   manager.wait_until_finished()
   logger.close()
   if stopper.should_stop and jax.process_index() == 0:

@@ -116,6 +116,31 @@ def test_truncated_latest_checkpoint_falls_back_to_the_earlier_one(env, tmp_path
   assert held == [True] and not (workdir / files.LOCK_FILE).exists()
 
 
+def test_full_disk_stops_the_run_between_checkpoints_and_it_resumes_exactly(env, tmp_path, monkeypatch):
+  workdir = tmp_path / "run"
+  real = shutil.disk_usage
+  checks = []
+
+  def disk_usage(path):
+    # Full from the epoch 2 checkpoint on: the check before each save is the only one in the run folder.
+    if Path(path) == workdir:
+      checks.append(path)
+      if len(checks) >= BEST:
+        return real(path)._replace(free=10**6)
+    return real(path)
+  monkeypatch.setattr(files.shutil, "disk_usage", disk_usage)
+  with pytest.raises(InputError) as info:
+    _resume(env, workdir)
+  assert str(info.value).startswith(f"{workdir}: not enough free space for the epoch {BEST} checkpoint: "
+                                    "needs about ")
+  assert str(info.value).endswith("Fix: free space on that disk or pass another --workdir")
+  assert _checkpoint_steps(workdir) == [1] and not (workdir / files.LOCK_FILE).exists()
+  monkeypatch.undo()
+  # Room again: the same command goes on from epoch 1 and ends as the uninterrupted run.
+  _resume(env, workdir)
+  assert _snapshot(workdir) == _snapshot(env.reference)
+
+
 def test_empty_step_folder_is_moved_aside(env, tmp_path, capfd):
   # An empty step folder made every orbax restore fail, so the run could never resume.
   workdir = _copy(env, tmp_path)

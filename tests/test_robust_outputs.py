@@ -406,3 +406,15 @@ def test_predict_removes_leftovers_of_killed_runs_only(tmp_path, monkeypatch, sc
         f"note: removed 1 leftover of killed processes in {out}: {dead.name}",
         f"note: removed 3 leftovers of killed processes in {out}: "
         f"{', '.join(sorted(p.name for p in legacy))}"]
+
+
+def test_predict_on_a_full_disk_keeps_the_previous_set(tmp_path, monkeypatch, scene):
+  out = tmp_path / "maps"
+  _map(tmp_path, monkeypatch, scene, out, step=2)
+  before = {name: (out / name).read_bytes() for name in _names(out)}
+  real = shutil.disk_usage
+  monkeypatch.setattr(files.shutil, "disk_usage", lambda path: real(path)._replace(free=10**6))
+  with pytest.raises(InputError) as info:
+    _map(tmp_path, monkeypatch, scene, out, step=3)
+  assert "not enough free space for the maps" in str(info.value) and "another --out" in str(info.value)
+  assert {name: (out / name).read_bytes() for name in _names(out)} == before

@@ -817,7 +817,11 @@ def write_demo_site(site: str, out_dir: str | os.PathLike, scale: float = 1.0, s
   staging = files.StagingDir(out_dir, f".{site}.tmp-")  # locked while we write, so never taken for stale
   tmp = staging.path
   try:
-    _write_site_files(generate_demo_arrays(site, scale, seed), tmp, site, scale, seed)
+    arrays = generate_demo_arrays(site, scale, seed)
+    # Uncompressed sizes: LZW only shrinks them, so this is an upper bound.
+    files.require_free_space(out_dir, sum(a.nbytes for a in (arrays.s2, arrays.cloud_mask, arrays.dem)),
+                             f"the {site} demo scene", "--data_dir")
+    _write_site_files(arrays, tmp, site, scale, seed)
     staging.unlock()  # the site folder must hold exactly the demo files, not our lock file
     if site_dir.exists():
       # A directory cannot be renamed onto a non-empty one: move the stale demo aside first.
