@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
@@ -207,6 +208,10 @@ def run_reporting_input_errors(fn: Callable[[], object], resumable: bool = False
   if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   faults.watch_library_messages()
+  # launch/__init__.py answered Ctrl-C itself while the imports ran; from here it is a KeyboardInterrupt
+  # (unless SIGINT is ignored, as in a script's background job: that choice stays).
+  if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   interrupted = False
   fault = None
   try:

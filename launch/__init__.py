@@ -1,0 +1,26 @@
+"""Entry points: `python -m launch.<name>`. Each parses flags and makes one library call.
+
+Importing JAX, Flax, orbax and TFDS takes seconds, and a Ctrl-C meanwhile would end in a traceback
+through importlib. When this package starts a launcher, Ctrl-C until `landslide_jax.cli` takes over (when
+the launcher's work begins) prints one `interrupted` line and exits 130, as it does later.
+"""
+
+import os
+import signal
+import sys
+
+
+def _interrupted_while_starting(signum, frame) -> None:  # pylint: disable=unused-argument
+  print("interrupted", file=sys.stderr, flush=True)
+  os._exit(130)  # nothing written yet: no cleanup to run, and none of the importers' teardown to see
+
+
+def _started_as_launcher() -> bool:
+  """True for `python -m launch.<name>`, not when tests or a notebook import a launcher module."""
+  argv = getattr(sys, "orig_argv", [])
+  return any(a == "-m" and b.startswith(f"{__name__}.") for a, b in zip(argv, argv[1:]))
+
+
+# A shell starts background jobs (`cmd &` in a script) with SIGINT ignored: they stay deaf to it.
+if _started_as_launcher() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+  signal.signal(signal.SIGINT, _interrupted_while_starting)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -256,3 +258,29 @@ def test_other_exceptions_keep_their_traceback(keep_verbosity):
     raise ZeroDivisionError("a bug")
   with pytest.raises(ZeroDivisionError):
     cli.run_reporting_input_errors(bug)
+
+
+def _has_loaded(pid: int, library: str) -> bool:
+  try:
+    return library in Path(f"/proc/{pid}/maps").read_text()
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see the imports progress")
+def test_ctrl_c_while_the_launcher_imports_is_one_line_exit_130(tmp_path):
+  # Interrupted once jaxlib's first library is loaded: launch/__init__.py has run, and jax, flax, optax,
+  # orbax and TFDS are still being imported (seconds). That used to end in a traceback through importlib.
+  proc = subprocess.Popen([sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run'}",
+                           f"--data_dir={tmp_path / 'tfds'}", "--patch=32", "--demo_scale=0.05"],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 60
+  while not (loaded := _has_loaded(proc.pid, "/jaxlib/")) and proc.poll() is None:
+    assert time.monotonic() < deadline, "the launcher did not start importing jax within 60 s"
+    time.sleep(0.002)
+  proc.send_signal(signal.SIGINT)
+  assert loaded, "jaxlib was never seen loading"
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err
+  assert err == "interrupted\n" and out == "", err
+  assert not (tmp_path / "run").exists() and not (tmp_path / "tfds").exists()
