@@ -551,18 +551,29 @@ def restore_latest(workdir: Path, template: dict) -> tuple[ocp.CheckpointManager
   back to the latest earlier one that restores: training is deterministic, so the epochs after it are
   simply trained again. Damaged checkpoints are moved only once a usable one was found.
 
+  With several processes, the damage seen in the files (`_checkpoint_problem`) is the same for all of
+  them (one shared folder): process 0 moves it aside while the others wait, and all fall back together. A
+  restore that fails in one process only is not retried with an earlier step: the processes would have to
+  leave orbax's collective restore at the same step, so that case stops with the step to move aside.
+
   Raises:
-    InputError: checkpoints exist but none is usable (or, with several processes, one is damaged).
+    InputError: checkpoints exist but none is usable (or, with several processes, a restore failed).
   """
   directory = workdir / CHECKPOINT_DIR
   steps = _checkpoint_steps(directory)
   damaged = [(step, *problem) for step, path in steps if (problem := _checkpoint_problem(path))]
   sound = [step for step, _ in steps if step not in {d[0] for d in damaged}]  # latest first
-  # Several processes would each have to agree on a fallback; not attempted there.
-  if damaged and (not sound or jax.process_count() > 1):
+  if damaged and not sound:
     raise _no_usable_checkpoint(workdir, damaged)
-  for step, _, _ in damaged:
-    _move_aside(workdir, directory / str(step))  # before orbax opens: they stop it from listing steps
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    # All have looked before process 0 moves anything, and move on only once it has.
+    multihost_utils.sync_global_devices("landslide_jax:checkpoints_listed")
+  if jax.process_index() == 0:
+    for step, _, _ in damaged:
+      _move_aside(workdir, directory / str(step))  # before orbax opens: they stop it from listing steps
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("landslide_jax:damaged_checkpoints_moved")
   manager, restored, failed = checkpoint_manager(workdir), None, []
   if sound:
     _ignore_late_restore_callbacks()  # before: they may come before the failed restore returns
@@ -574,15 +585,28 @@ def restore_latest(workdir: Path, template: dict) -> tuple[ocp.CheckpointManager
       failed.append((step, directory / str(step), f"checkpoint cannot be restored ({_short(err)})"))
       if jax.process_count() > 1:
         break
+  if jax.process_count() > 1 and sound:
+    # Every process made one attempt, at the same step; all stop if any failed, none waits for the rest.
+    failures = multihost_utils.process_allgather(np.int32(bool(failed)))
+    if np.any(failures):
+      manager.close()
+      step, where = sound[0], [int(i) for i in np.flatnonzero(failures)]
+      path = directory / str(step)
+      earlier = [s for s in sound if s < step]
+      problem = failed[0][2] if failed else "checkpoint cannot be restored"
+      raise InputError(path, f"{problem} in process {', '.join(map(str, where))} of {jax.process_count()}",
+                       f"move it into {workdir / DAMAGED_CHECKPOINT_DIR}/ and run the same command: "
+                       + (f"it resumes from the checkpoint of epoch {earlier[0]}" if earlier else
+                          "it trains again from epoch 1"))
   if failed:
     manager.close()
-    if restored is None or jax.process_count() > 1:
+    if restored is None:
       raise _no_usable_checkpoint(workdir, failed + damaged)
     for step, _, _ in failed:
       _move_aside(workdir, directory / str(step))
     manager = checkpoint_manager(workdir)  # orbax keeps the steps it listed: open it again without them
   resumed = int(restored["epoch"]) if restored is not None else None
-  for step, path, problem in sorted(failed + damaged, reverse=True):
+  for step, path, problem in sorted(failed + damaged, reverse=True) if jax.process_index() == 0 else ():
     then = (f"resuming from the earlier checkpoint of epoch {resumed}" if resumed < step else
             f"resuming from epoch {resumed} (the best checkpoint is now chosen among those left)")
     files.note(f"{path}: {problem}; moved checkpoint {step} to {workdir / DAMAGED_CHECKPOINT_DIR}, {then}")

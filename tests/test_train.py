@@ -495,25 +495,23 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_train_and_only_process_zero_writes(env, reference, tmp_path):
-  # Each process batches its own contiguous shard of the examples (input_pipeline.process_shard) and
-  # shuffles within it, so the batches, hence the trained weights, differ from a one-process run and
-  # only what does not depend on the weights can be compared exactly: the pixel counts scored.
-  workdir = tmp_path / "two_processes"
+def _two_processes(env: Env, workdir: Path, logs: list[Path], *flags: str, returncode: int = 0) -> list[str]:
+  """`launch.train` in two processes on one CPU device each; returns their outputs (both exited with
+  `returncode`)."""
   coordinator = f"127.0.0.1:{_free_port()}"
-  procs, logs = [], [tmp_path / f"process{i}.log" for i in range(2)]
+  procs = []
   for process_id, log in enumerate(logs):
     extra = dict(JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2",
                  JAX_PROCESS_ID=str(process_id))
     sub_env = _subprocess_env(env, **extra)
     sub_env.pop("XLA_FLAGS", None)  # one CPU device per process
     with open(log, "w") as out:
-      procs.append(subprocess.Popen(_launch_args(env, workdir, "--max_epochs=1", "--batch_size=4"),
+      procs.append(subprocess.Popen(_launch_args(env, workdir, "--batch_size=4", *flags),
                                     cwd=ROOT, env=sub_env, stdout=out, stderr=subprocess.STDOUT))
   try:
     deadline = time.monotonic() + SUBPROCESS_TIMEOUT
     # A process that fails leaves the other waiting at the next collective: stop at the first failure.
-    while any(p.poll() is None for p in procs) and not any(p.poll() for p in procs):
+    while any(p.poll() is None for p in procs) and not (returncode == 0 and any(p.poll() for p in procs)):
       assert time.monotonic() < deadline, "two-process run did not finish in time"
       time.sleep(0.1)
   finally:
@@ -523,7 +521,16 @@ def test_two_processes_train_and_only_process_zero_writes(env, reference, tmp_pa
         proc.wait()
   outputs = [log.read_text(errors="replace") for log in logs]
   for proc, output in zip(procs, outputs):
-    assert proc.returncode == 0, output[-3000:]
+    assert proc.returncode == returncode, output[-3000:]
+  return outputs
+
+
+def test_two_processes_train_and_only_process_zero_writes(env, reference, tmp_path):
+  # Each process batches its own contiguous shard of the examples (input_pipeline.process_shard) and
+  # shuffles within it, so the batches, hence the trained weights, differ from a one-process run and
+  # only what does not depend on the weights can be compared exactly: the pixel counts scored.
+  workdir = tmp_path / "two_processes"
+  outputs = _two_processes(env, workdir, [tmp_path / f"process{i}.log" for i in range(2)], "--max_epochs=1")
 
   config = json.loads((workdir / "config.json").read_text())
   assert config["devices"]["process_count"] == 2 and config["devices"]["global_count"] == 2
@@ -542,3 +549,35 @@ def test_two_processes_train_and_only_process_zero_writes(env, reference, tmp_pa
   for test_set, scores in ours.items():
     assert _scored_pixels(scores) == _scored_pixels(theirs[test_set]) > 0, test_set
     assert 0.0 <= scores["f1"] <= 1.0 and math.isfinite(scores["loss"])
+
+
+def test_two_processes_fall_back_from_a_damaged_checkpoint_together(env, tmp_path):
+  # Damage seen in the files is the same for every process: process 0 moves it aside, both resume from
+  # the earlier checkpoint and end as the undamaged run did (CPU training is deterministic).
+  workdir = tmp_path / "two_processes"
+  logs = [tmp_path / f"process{i}.log" for i in range(2)]
+  _two_processes(env, workdir, logs, "--max_epochs=2")
+  undamaged = _snapshot(workdir)
+  (workdir / train.CHECKPOINT_DIR / "2" / "_CHECKPOINT_METADATA").unlink()
+  outputs = _two_processes(env, workdir, logs, "--max_epochs=2")
+  notes = [ln for ln in outputs[0].splitlines() if ln.startswith("note: ")]
+  assert len(notes) == 1 and "checkpoint file is missing" in notes[0], outputs[0][-3000:]
+  assert "resuming from the earlier checkpoint of epoch 1" in notes[0]
+  assert not any(ln.startswith("note: ") for ln in outputs[1].splitlines()), outputs[1][-3000:]
+  assert (workdir / train.DAMAGED_CHECKPOINT_DIR / "2").is_dir()
+  assert _checkpoint_steps(workdir)[-1] == 2 and _committed(workdir, 2)
+  assert _snapshot(workdir) == undamaged
+
+  # Damaged array data shows only when restoring, maybe in one process only: both stop in one line
+  # (neither waits at a collective for the other), saying which checkpoint to move aside.
+  largest = max((p for p in (workdir / train.CHECKPOINT_DIR / "2").rglob("*") if p.is_file()),
+                key=lambda p: p.stat().st_size)
+  largest.write_bytes(largest.read_bytes()[:largest.stat().st_size // 2])
+  outputs = _two_processes(env, workdir, logs, "--max_epochs=2", returncode=2)
+  for output in outputs:
+    errors = [ln for ln in output.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in output, output[-3000:]
+    assert errors[0].startswith(f"error: {workdir / train.CHECKPOINT_DIR / '2'}: checkpoint cannot be "
+                                "restored ("), errors[0]
+    assert errors[0].endswith(f"move it into {workdir / train.DAMAGED_CHECKPOINT_DIR}/ and run the same "
+                              "command: it resumes from the checkpoint of epoch 1"), errors[0]
