@@ -1,12 +1,14 @@
 """landslide_jax vs PyTorch on the same machine, in one run: one command, one table.
 
     python benchmarks/speed_table.py [--batches=4,32] [--patches=32,64,128] [--models=unet,resunet]
-                                     [--steps=5] [--predict_km2=4]
+                                     [--steps=5] [--predict_km2=4] [--predict_batches=4,16,64]
 
 Prints, for each model x patch x batch: train-step throughput (patches/s) of the product's pmapped
 step and of a PyTorch eager twin (benchmarks/torch_models.py, same parameter count, asserted), their
 ratio JAX/PyTorch, the step's FLOPs (XLA cost analysis of the compiled step, counted once) and the
-achieved GFLOP/s against a measured peak (a large float32 matmul). Then whole-scene prediction
+achieved GFLOP/s against a measured peak (a large float32 matmul). Then prediction's model part alone
+(the product's `evaluate.Run.predict` on in-memory windows against the PyTorch twin, several windows per
+call), whole-scene prediction
 (km^2/s at 10 m, U-Net at 128 px, 50% overlap, blended) against the same sliding window in PyTorch, the
 input pipeline's batches/s against the train step, and the process's peak memory.
 Install the peer first: pip install -r benchmarks/requirements.txt (torch==2.13.0 is the CPU build).
@@ -162,6 +164,35 @@ def prediction(km2: float, patch: int = 128) -> tuple[float, float]:
   return area / t_jax, area / t_torch
 
 
+def predict_model_part(name: str, patch: int, batch: int, windows: int = 64) -> tuple[float, float]:
+  """(JAX windows/s, PyTorch windows/s) of the model alone on the same in-memory windows: the product's
+  `evaluate.Run.predict` (what `launch.predict` calls per batch of windows: jitted forward + sigmoid)
+  against the PyTorch twin in `inference_mode`, `batch` windows per call, no I/O on either side."""
+  from landslide_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from landslide_jax.data import normalization  # pylint: disable=import-outside-toplevel
+  config = train.TrainConfig(model=name, patch=patch)
+  model = create_model(name)
+  state = train.create_train_state(jax.random.key(0), model, (1, patch, patch, CHANNELS), config)
+  stats = normalization.ChannelStats(config.channels, (0.0,) * CHANNELS, (1.0,) * CHANNELS, 1)
+  run = evaluate.Run(Path("."), config, stats, state, 0)
+  images = np.random.default_rng(0).normal(size=(windows, patch, patch, CHANNELS)).astype(np.float32)
+  chunks = [images[i:i + batch] for i in range(0, windows, batch)]
+  run.predict(chunks[0])  # compile
+  start = time.perf_counter()
+  for chunk in chunks:
+    run.predict(chunk)
+  t_jax = time.perf_counter() - start
+  twin = torch_models.MODELS[name](CHANNELS).eval()
+  tensors = [torch.from_numpy(c).permute(0, 3, 1, 2).contiguous() for c in chunks]
+  with torch.inference_mode():
+    torch.sigmoid(twin(tensors[0]))  # warm-up, as the JAX side's compilation
+    start = time.perf_counter()
+    for tensor in tensors:
+      torch.sigmoid(twin(tensor))[:, 0].numpy()
+    t_torch = time.perf_counter() - start
+  return windows / t_jax, windows / t_torch
+
+
 def pipeline_rate(patch: int, batch: int, n: int = 512) -> float:
   """Batches per second delivered by input_pipeline.batches from memory (shuffled)."""
   rng = np.random.default_rng(0)
@@ -181,6 +212,8 @@ def main() -> None:
   parser.add_argument("--models", default="unet,resunet")
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--predict_km2", type=float, default=4.0)
+  parser.add_argument("--predict_batches", default="4,16,64",
+                      help="windows per call of the model-part comparison; empty to skip")
   args = parser.parse_args()
   torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
   print(f"# {platform.processor() or platform.machine()}, {jax.devices()[0].device_kind} "
@@ -202,6 +235,15 @@ def main() -> None:
         print(f"| {name} | {patch} | {batch} | {batch / t_jax:.2f} | {batch / t_torch:.2f} | "
               f"{t_torch / t_jax:.2f} | {gflops:.2f} | {gflops / t_jax:.1f} | "
               f"{100 * gflops / t_jax / peak:.0f}% | {pipe:.0f}x |", flush=True)
+  if args.predict_batches:
+    print("\nprediction, model part only (the same in-memory windows, no I/O), windows/s:")
+    print("| model | patch | windows per call | JAX | PyTorch | JAX/PyTorch |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in args.models.split(","):
+      for batch in map(int, args.predict_batches.split(",")):
+        jax_rate, torch_rate = predict_model_part(name, 128, batch)
+        print(f"| {name} | 128 | {batch} | {jax_rate:.2f} | {torch_rate:.2f} | {jax_rate / torch_rate:.2f} |",
+              flush=True)
   if args.predict_km2 > 0:
     jax_rate, torch_rate = prediction(args.predict_km2)
     print(f"\nprediction (U-Net, 128 px, 50% overlap): JAX {jax_rate:.3f} km2/s, PyTorch "

@@ -1,8 +1,10 @@
-"""`models.layers.UpConv2x2`: the decoders' 2x2 stride-2 transposed conv as a matmul, against flax's own
-`nn.ConvTranspose` (the layer it replaces): same parameters, initial values, outputs and gradients.
+"""`models.layers`' fast forms of flax layers, each against the flax layer it stands in for.
 
-Both forms are checked on CPU: "matmul" (what `impl="auto"` runs on CPU) and "conv"
-(`lax.conv_transpose`, what `impl="auto"` runs on other backends and what flax runs).
+- `UpConv2x2`: the decoders' 2x2 stride-2 transposed conv as a matmul, against `nn.ConvTranspose`: same
+  parameters, initial values, outputs and gradients. Both forms are checked on CPU: "matmul" (what
+  `impl="auto"` runs on CPU) and "conv" (`lax.conv_transpose`, what `impl="auto"` runs elsewhere).
+- `conv_general_dilated`: `nn.Conv` with the kernel gradient as matmuls: the same module and parameters,
+  bit-identical outputs and input gradients, kernel gradients within float32 round-off.
 """
 
 from __future__ import annotations
@@ -152,3 +154,80 @@ def test_unknown_impl_is_rejected_naming_the_valid_ones():
     UpConv2x2(2, impl="fast").init(jax.random.key(0), jnp.ones((1, 2, 2, 1)))
   for name in ("auto", "matmul", "conv"):
     assert repr(name) in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# conv_general_dilated: nn.Conv with the kernel gradient as one matmul per kernel tap.
+
+
+@pytest.fixture(name="matmul_everywhere")
+def fixture_matmul_everywhere(monkeypatch):
+  """Every layer takes the matmul kernel gradient on CPU (threshold 1 input channel)."""
+  monkeypatch.setattr(layers, "KERNEL_GRAD_MATMUL_MIN_CHANNELS", {"cpu": 1})
+
+
+# (batch, height, width, channels, features, kernel, stride): odd sizes (asymmetric 'SAME' padding at
+# stride 2), 1x1 and 3x3 kernels, one channel, a 1 x 1 image.
+CONV_CASES = [(2, 8, 8, 5, 7, 3, 1), (1, 9, 6, 3, 4, 3, 2), (3, 7, 7, 16, 1, 3, 2), (2, 5, 4, 1, 3, 3, 1),
+              (1, 6, 6, 4, 4, 1, 1), (2, 6, 7, 4, 5, 1, 2), (1, 1, 1, 3, 2, 3, 1), (2, 4, 4, 8, 8, 3, 2)]
+
+
+@pytest.mark.parametrize("batch,height,width,channels,features,kernel,stride", CONV_CASES)
+def test_conv_matmul_kernel_gradient_equals_flax_conv(matmul_everywhere, batch, height, width, channels,
+                                                      features, kernel, stride):
+  del matmul_everywhere
+  kwargs = dict(features=features, kernel_size=(kernel, kernel), strides=(stride, stride), padding="SAME")
+  plain, fast = nn.Conv(**kwargs), nn.Conv(**kwargs, conv_general_dilated=layers.conv_general_dilated)
+  x = _random((batch, height, width, channels), seed=height * 7 + width)
+  variables = plain.init(jax.random.key(1), x)
+  variables = {"params": {**variables["params"], "bias": _random((features,), seed=3)}}
+  out = plain.apply(variables, x)
+  cotangent = _random(out.shape, seed=4)
+
+  def loss(module):
+    return lambda v, x_: jnp.sum(module.apply(v, x_) * cotangent)
+
+  # The forward pass and the input gradient are XLA's own convolutions in both: bit for bit.
+  np.testing.assert_array_equal(fast.apply(variables, x), out)
+  want = jax.grad(loss(plain), argnums=(0, 1))(variables, x)
+  got = jax.grad(loss(fast), argnums=(0, 1))(variables, x)
+  assert "custom_vjp_call" in str(jax.make_jaxpr(fast.apply)(variables, x))  # the new form ran
+  np.testing.assert_array_equal(got[1], want[1])
+  np.testing.assert_array_equal(got[0]["params"]["bias"], want[0]["params"]["bias"])
+  # The kernel gradient sums over batch and pixels in another order: float32 round-off.
+  _close(got[0]["params"]["kernel"], want[0]["params"]["kernel"], rtol=1e-5)
+
+
+def test_conv_kernel_gradient_is_the_sum_over_pixels_of_input_times_output_gradient():
+  """A known answer, independent of XLA: the gradient of sum(conv(x, k) * g) w.r.t. k[i, j, c, f] is
+  the sum over output pixels (p, q) of xpad[s*p + i, s*q + j, c] * g[p, q, f] (numpy loops)."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
+  g = rng.normal(size=(2, 3, 3, 4)).astype(np.float32)  # stride 2, 'SAME': ceil(5/2) x ceil(6/2)
+  pads = ((1, 1), (0, 1))  # total padding 2 rows and 1 column, the larger half after, as XLA pads
+  got = layers.kernel_grad_matmul(jnp.asarray(x), jnp.asarray(g), (3, 3, 3, 4), (2, 2), pads)
+  xpad = np.pad(x, ((0, 0), *pads, (0, 0)))
+  want = np.zeros((3, 3, 3, 4), np.float64)
+  for i in range(3):
+    for j in range(3):
+      for p in range(3):
+        for q in range(3):
+          want[i, j] += np.einsum("nc,nf->cf", xpad[:, 2 * p + i, 2 * q + j], g[:, p, q])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  from jax import lax  # pylint: disable=import-outside-toplevel
+  assert tuple(map(tuple, lax.padtype_to_pads((5, 6), (3, 3), (2, 2), "SAME"))) == pads
+
+
+def _uses_matmul_kernel_grad(channels: int) -> bool:
+  conv = nn.Conv(4, (3, 3), padding="SAME", conv_general_dilated=layers.conv_general_dilated)
+  x = jnp.ones((1, 4, 4, channels))
+  variables = conv.init(jax.random.key(0), x)
+  return "custom_vjp_call" in str(jax.make_jaxpr(conv.apply)(variables, x))
+
+
+def test_kernel_gradient_form_is_chosen_by_channels_and_backend_at_trace_time(monkeypatch):
+  assert layers.KERNEL_GRAD_MATMUL_MIN_CHANNELS["cpu"] == 64
+  assert not _uses_matmul_kernel_grad(63) and _uses_matmul_kernel_grad(64)
+  # Another backend (traced here on CPU, as if it were one): XLA's gradient, for want of measurements.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert not _uses_matmul_kernel_grad(64)

@@ -576,3 +576,32 @@ def test_checkpoint_of_the_conv_transpose_model_restores_into_the_new_one(name, 
     np.testing.assert_array_equal(got, want)
   logits = jax.jit(lambda s, x_: train.apply_model(s, s.params, x_, train=False)[0])(restored, x)
   np.testing.assert_allclose(logits, old_logits, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(old_logits))))
+
+
+# --------------------------------------------------------------------------------------------------------
+# 3x3 convs: nn.Conv with layers.conv_general_dilated (the kernel gradient as matmuls on CPU).
+
+
+@pytest.mark.parametrize("name", ["unet", "resunet"])
+def test_matmul_kernel_gradients_leave_outputs_and_change_gradients_by_round_off_only(name, monkeypatch):
+  model = create_model(name)
+  variables = _filled(_abstract(model, 5), seed=3)
+  x = _images(2, 32, 5, seed=5)
+
+  def outputs_and_grads():
+    """A new function per call, so that each threshold is traced anew."""
+    def loss(v, x_):
+      logits, _ = model.apply(v, x_, train=True, mutable=["batch_stats"])
+      return jnp.sum(jnp.sin(logits)), logits
+    return jax.jit(jax.grad(loss, has_aux=True))(variables, x)
+
+  monkeypatch.setattr(layers, "KERNEL_GRAD_MATMUL_MIN_CHANNELS", {})  # XLA's gradient everywhere
+  want_grads, want_logits = outputs_and_grads()
+  monkeypatch.setattr(layers, "KERNEL_GRAD_MATMUL_MIN_CHANNELS", {"cpu": 1})  # matmuls everywhere
+  got_grads, got_logits = outputs_and_grads()
+  # The forward pass is the same program: a checkpoint evaluates exactly as before.
+  np.testing.assert_array_equal(got_logits, want_logits)
+  assert jax.tree.structure(got_grads) == jax.tree.structure(want_grads)
+  for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(want))))
+  assert float(jnp.max(jnp.abs(got_grads["params"]["Conv_0"]["kernel"]))) > 0

@@ -1,8 +1,11 @@
-"""Layers shared by the models: BatchNorm whose batch statistics count only valid pixels, and the
-decoders' 2x2 stride-2 transposed convolution written as a matmul (fast on XLA:CPU)."""
+"""Layers shared by the models: BatchNorm whose batch statistics count only valid pixels, and two forms
+XLA:CPU runs fast of what flax computes: the decoders' 2x2 stride-2 transposed convolution as a matmul
+(`UpConv2x2`), and 3x3 convolutions whose kernel gradient is taken as matmuls (`conv_general_dilated`,
+passed to `nn.Conv`)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -145,3 +148,78 @@ class UpConv2x2(nn.Module):
       y = lax.conv_transpose(x, kernel, (2, 2), "SAME", precision=self.precision)
     y = y + bias
     return y.reshape((*lead, *y.shape[1:]))
+
+
+# Input channels from which `conv_general_dilated` computes a convolution's kernel gradient as matmuls,
+# per backend. XLA lowers a kernel gradient to a convolution whose window is the whole feature map:
+# XLA:CPU runs it 1.2-6x slower than one matmul per kernel tap for most layers of both models, but up to
+# 1.35x faster for some of U-Net's shallow 32-channel ones. Of the thresholds 1, 64, 128 and 256, 64 gave
+# the fastest whole train step in 5 of 6 configurations (benchmarks/kernel_grad_bench.py, RESULTS.md).
+# Other backends: not measured (no accelerator was lent), so they keep XLA's gradient.
+KERNEL_GRAD_MATMUL_MIN_CHANNELS = {"cpu": 64}
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x, kernel, strides, pads, precision):
+  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC, precision=precision)
+
+
+def kernel_grad_matmul(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...],
+                       strides: tuple[int, int], pads: tuple[tuple[int, int], ...],
+                       precision: Any = None) -> jax.Array:
+  """The gradient w.r.t. the kernel (kh, kw, C, F) of `_conv(x, kernel, strides, pads)` at output
+  gradient `dy`, as one (C, N*h*w) x (N*h*w, F) matmul per kernel tap: tap (i, j) sees the input pixels
+  at (s*p + i, s*q + j) of the padded input, for every output pixel (p, q)."""
+  kh, kw, c, f = kernel_shape
+  (pt, pb), (pl, pr) = pads
+  _, oh, ow, _ = dy.shape
+  sh, sw = strides
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  g = dy.reshape(-1, f)
+  taps = [jnp.dot(xp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :].reshape(-1, c).T, g,
+                  precision=precision) for i in range(kh) for j in range(kw)]
+  return jnp.stack(taps).reshape(kernel_shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_matmul_kernel_grad(x, kernel, strides, pads, precision):
+  return _conv(x, kernel, strides, pads, precision)
+
+
+def _conv_matmul_kernel_grad_fwd(x, kernel, strides, pads, precision):
+  return _conv(x, kernel, strides, pads, precision), (x, kernel)
+
+
+def _conv_matmul_kernel_grad_bwd(strides, pads, precision, residuals, dy):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda lhs: _conv(lhs, kernel, strides, pads, precision), x)
+  dk = kernel_grad_matmul(x, dy, kernel.shape, strides, pads, precision)
+  return input_vjp(dy)[0], dk.astype(kernel.dtype)
+
+
+_conv_matmul_kernel_grad.defvjp(_conv_matmul_kernel_grad_fwd, _conv_matmul_kernel_grad_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+  """`lax.conv_general_dilated` for `nn.Conv(..., conv_general_dilated=conv_general_dilated)`: the same
+  forward computation and input gradient, and for layers with at least
+  `KERNEL_GRAD_MATMUL_MIN_CHANNELS[backend]` input channels the kernel gradient as matmuls
+  (`kernel_grad_matmul`; equal up to float round-off: the sum over pixels runs in another order). The
+  module, its parameters and checkpoints are those of a plain `nn.Conv`."""
+  plain = functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+                            lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+                            precision=precision, **kwargs)
+  min_channels = KERNEL_GRAD_MATMUL_MIN_CHANNELS.get(jax.default_backend())
+  simple = (lhs.ndim == 4 and feature_group_count == 1 and not kwargs and dimension_numbers is not None
+            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+            and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))))
+  if min_channels is None or not simple or rhs.shape[2] < min_channels:
+    return plain(lhs, rhs)
+  strides = tuple(int(s) for s in window_strides)
+  pads = (tuple(lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding))
+          if isinstance(padding, str) else tuple(padding))
+  return _conv_matmul_kernel_grad(lhs, rhs, strides, tuple(tuple(int(v) for v in p) for p in pads),
+                                  precision)

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from landslide_jax.models.layers import BatchNorm, UpConv2x2
+from landslide_jax.models.layers import BatchNorm, UpConv2x2, conv_general_dilated
 
 
 class ResidualUnit(nn.Module):
@@ -37,7 +37,9 @@ class ResidualUnit(nn.Module):
     # padding examples and nodata pixels out of them.
     norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, axis_name=self.axis_name, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, self.features, (3, 3), padding="SAME", dtype=self.dtype)
+    # layers.conv_general_dilated: flax's conv with a faster kernel gradient on CPU (same parameters).
+    conv = functools.partial(nn.Conv, self.features, (3, 3), padding="SAME", dtype=self.dtype,
+                             conv_general_dilated=conv_general_dilated)
     y = x if self.first else nn.relu(norm()(x, mask))
     y = conv(strides=(self.strides, self.strides))(y)
     y = conv()(nn.relu(norm()(y, mask)))
