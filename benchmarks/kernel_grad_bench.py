@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from landslide_jax import train  # pylint: disable=wrong-import-position
 from landslide_jax.models import create_model, layers  # pylint: disable=wrong-import-position
 import train_step_bench  # pylint: disable=wrong-import-position
-from transposed_conv_bench import _alternate, _load  # pylint: disable=wrong-import-position
+from transposed_conv_bench import _alternate, _load, steps_runner  # pylint: disable=wrong-import-position
 
 # 3x3 layers (input size as a fraction of the patch, stride, cin, cout) of each model.
 LAYERS = {"unet": [(1, 1, 5, 32), (1, 1, 32, 32), (1 / 2, 1, 32, 64), (1 / 2, 1, 64, 64),
@@ -106,13 +106,7 @@ def bench_steps(configs: list[tuple[str, int, int]], thresholds: list[str], step
         fresh = lambda s, b: train.train_step(s, b)  # pylint: disable=unnecessary-lambda  (a new trace)
         compiled = jax.jit(jax.vmap(fresh, axis_name=train.AXIS)).lower(state, data).compile()
       losses[value] = float(compiled(state, data)[1]["loss"][0])
-
-      def run(compiled=compiled):
-        s = state
-        for _ in range(steps):
-          s, out = compiled(s, data)
-        jax.block_until_ready(out)
-      fns[value] = run
+      fns[value] = steps_runner(compiled, state, data, steps)
     reference = losses[thresholds[0]]
     assert all(abs(v - reference) <= 1e-5 * abs(reference) for v in losses.values()), losses
     times = _alternate(fns, repeats)

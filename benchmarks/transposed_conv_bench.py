@@ -83,6 +83,16 @@ def _alternate(fns: dict, repeats: int) -> dict[str, list[float]]:
   return times
 
 
+def steps_runner(compiled, state, data, steps: int):
+  """A function running `steps` train steps of a compiled step from `state` and waiting for them."""
+  def run():
+    s = state
+    for _ in range(steps):
+      s, out = compiled(s, data)
+    jax.block_until_ready(out)
+  return run
+
+
 def _ratio(times: dict[str, list[float]]) -> float:
   """Median over repeats of before/after time: the speed-up."""
   return statistics.median(b / a for b, a in zip(times["before"], times["after"]))
@@ -146,13 +156,7 @@ def bench_steps(models: list[str], batch: int, patch: int, steps: int, repeats: 
     fns = {}
     for label, compiled in (("before", before), ("after", after)):
       losses[label] = float(compiled(state, data)[1]["loss"][0])  # warm-up, and a check
-
-      def run(compiled=compiled):
-        s = state
-        for _ in range(steps):
-          s, out = compiled(s, data)
-        jax.block_until_ready(out)
-      fns[label] = run
+      fns[label] = steps_runner(compiled, state, data, steps)
     assert abs(losses["before"] - losses["after"]) <= 1e-4 * abs(losses["before"]), losses
     times = _alternate(fns, repeats)
     speed = {label: batch * steps / statistics.median(t) for label, t in times.items()}

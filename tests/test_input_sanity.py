@@ -51,6 +51,20 @@ def _one_line(err: InputError, *phrases: str) -> str:
   return message
 
 
+def _prepare_error_line(site: Path, tmp_path: Path) -> str:
+  """`launch.prepare` on `site`: exit 2, no traceback, exactly one `error:` line (returned, it is the
+  last), and no dataset written."""
+  proc = subprocess.run([sys.executable, "-m", "launch.prepare", "--site=china", "--patch=32",
+                         f"--manual_dir={site.parent}", f"--data_dir={tmp_path / 'tfds'}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr and lines[-1].startswith("error: "), proc.stderr[-2000:]
+  assert sum(ln.startswith("error:") for ln in lines) == 1
+  assert not any((tmp_path / "tfds").rglob("*.array_record*"))
+  return lines[-1]
+
+
 def _warnings(stderr: str) -> list[str]:
   return [line for line in stderr.splitlines() if line.startswith("warning:")]
 
@@ -302,14 +316,8 @@ def test_metres_under_a_degree_crs_from_the_cli_is_one_line_exit_2(make_site, tm
   _geojson_without_crs(site / "inventory_utm.geojson", [pixel_box(20, 30, 12, 8)])
   spec = json.loads((site / "manifest.json").read_text())
   (site / "manifest.json").write_text(json.dumps({**spec, "inventory": "inventory_utm.geojson"}))
-  proc = subprocess.run([sys.executable, "-m", "launch.prepare", "--site=china", "--patch=32",
-                         f"--manual_dir={site.parent}", f"--data_dir={tmp_path / 'tfds'}"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-  lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  assert "Traceback" not in proc.stderr and lines[-1].startswith("error: "), proc.stderr[-2000:]
-  assert "inventory_utm.geojson" in lines[-1] and "are not degrees" in lines[-1]
-  assert not any((tmp_path / "tfds").rglob("*.array_record*"))
+  line = _prepare_error_line(site, tmp_path)
+  assert "inventory_utm.geojson" in line and "are not degrees" in line
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -360,14 +368,8 @@ def test_manifest_of_the_right_types_is_accepted(make_site):
 
 def test_manifest_type_error_from_the_cli_is_one_line_exit_2(make_site, tmp_path):
   site = make_site("china", manifest={"bands": [2, 3, 4, 8]})
-  proc = subprocess.run([sys.executable, "-m", "launch.prepare", "--site=china", "--patch=32",
-                         f"--manual_dir={site.parent}", f"--data_dir={tmp_path / 'tfds'}"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-  lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  assert "Traceback" not in proc.stderr and lines[-1].startswith("error: "), proc.stderr[-2000:]
-  assert sum(ln.startswith("error:") for ln in lines) == 1
-  assert "manifest.json" in lines[-1] and "'bands'" in lines[-1] and "[2, 3, 4, 8]" in lines[-1]
+  line = _prepare_error_line(site, tmp_path)
+  assert "manifest.json" in line and "'bands'" in line and "[2, 3, 4, 8]" in line
 
 
 # ----------------------------------------------------------------------------------------------------------
