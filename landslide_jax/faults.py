@@ -15,9 +15,9 @@ import errno
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 
+from landslide_jax import files
 from landslide_jax.errors import InputError
 
 
@@ -109,12 +109,8 @@ def _inside(path: str, folder: str) -> bool:
 
 def _free_text(folder: str) -> str:
   """'3.2 MB free' on the disk holding `folder` (or its first existing parent), or '' if unknown."""
-  for part in (Path(folder), *Path(folder).parents):
-    try:
-      return f"{shutil.disk_usage(part).free / 1e6:.1f} MB free"
-    except OSError:
-      continue
-  return ""
+  free = files.free_bytes(folder)
+  return "" if free is None else f"{free / 1e6:.1f} MB free"
 
 
 def environment_fault(err: BaseException, folders: dict[str, str]) -> InputError | None:

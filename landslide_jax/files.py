@@ -66,6 +66,17 @@ def note(message: str) -> None:
 _FREE_MARGIN_BYTES = 16 * 2**20
 
 
+def free_bytes(folder: str | os.PathLike) -> int | None:
+  """Free bytes on the disk holding `folder`, or on its first existing parent's (a folder not made yet
+  will be written there); None when no parent answers."""
+  for part in (Path(folder), *Path(folder).parents):
+    try:
+      return shutil.disk_usage(part).free
+    except OSError:
+      continue
+  return None
+
+
 def require_free_space(folder: str | os.PathLike, need_bytes: int, what: str, flag: str | None = None
                        ) -> None:
   """Refuses to start writing `what` (about `need_bytes`) into `folder` when its disk has less room.
@@ -78,15 +89,8 @@ def require_free_space(folder: str | os.PathLike, need_bytes: int, what: str, fl
     InputError: the disk holding `folder` (or its first existing parent) has less than `need_bytes`
       plus a 16 MiB margin free.
   """
-  for part in (Path(folder), *Path(folder).parents):
-    try:
-      free = shutil.disk_usage(part).free
-      break
-    except OSError:  # not made yet: its parent's disk is where it will be
-      continue
-  else:
-    return
-  if free >= need_bytes + _FREE_MARGIN_BYTES:
+  free = free_bytes(folder)
+  if free is None or free >= need_bytes + _FREE_MARGIN_BYTES:
     return
   elsewhere = f"pass another {flag}" if flag else "write to another disk"
   raise InputError(folder, f"not enough free space for {what}: needs about "

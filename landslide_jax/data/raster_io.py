@@ -26,6 +26,7 @@ from rasterio.enums import Resampling
 from scipy import ndimage
 
 from landslide_jax import constants
+from landslide_jax.data import slope
 from landslide_jax.errors import InputError
 
 # Auto unit detection: Sentinel-2 reflectance rarely exceeds 1.0 (bright clouds ~1.5); DNs are ~0-10000.
@@ -664,12 +665,11 @@ def _read_dem_source(source: str, path: Path, grid: Grid, margin: int, anchor: G
       raise InputError(path, f"DEM does not cover the scene (DEM bounds {left:.0f}, {bottom:.0f}, "
                        f"{right:.0f}, {top:.0f}; scene {s_left:.0f}, {s_bottom:.0f}, {s_right:.0f}, "
                        f"{s_top:.0f} in {grid.crs})", "provide a DEM mosaic that covers the whole scene")
-    lat = (src.bounds.bottom + src.bounds.top) / 2 if src.crs.is_geographic else 0.0
-    dem_m = _pixel_size_m(src.crs, src.transform, lat)
-    grid_m = _pixel_size_m(grid.crs, grid.transform, lat)
+    dem_m = mean_pixel_metres(src.crs, src.transform, src.height)
+    grid_m = mean_pixel_metres(grid.crs, grid.transform, grid.shape[0])
     if dem_m > DEM_MAX_PIXEL_RATIO * grid_m:
       raise InputError(path, f"DEM pixels are about {dem_m:.0f} m, {dem_m / grid_m:.0f} times the scene's "
-                       f"{grid_m:g} m: slope from it would be nearly flat everywhere",
+                       f"{grid_m:.3g} m: slope from it would be nearly flat everywhere",
                        "use a DEM of 30 m (ALOS AW3D30, Copernicus GLO-30) or finer")
     big = grid.expanded(margin)
     window = _covering_window(src, big)
@@ -707,12 +707,11 @@ def _read_dem_source(source: str, path: Path, grid: Grid, margin: int, anchor: G
   return out
 
 
-def _pixel_size_m(crs: CRS, transform: affine.Affine, latitude: float) -> float:
-  """The mean side of a pixel in metres (degrees converted at `latitude` for a geographic CRS)."""
-  size = math.sqrt(abs(transform.a * transform.e))
-  if crs.is_geographic:
-    size *= 111_320.0 * math.sqrt(math.cos(math.radians(latitude)))
-  return size
+def mean_pixel_metres(crs: CRS, transform: affine.Affine, rows: int) -> float:
+  """The geometric mean of a pixel's sides in metres, at the raster's central row on a geographic CRS
+  (`rows` tall): what "a 30 m DEM" means, and the square root of a pixel's area."""
+  x, y = slope.pixel_size_metres(transform, crs, transform.f + transform.e * rows / 2)
+  return math.sqrt(float(x) * float(y))
 
 
 def _warp_exactly(src: rasterio.io.DatasetReader, grid: Grid, anchor: Grid) -> np.ndarray:
@@ -734,8 +733,9 @@ def _warp_exactly(src: rasterio.io.DatasetReader, grid: Grid, anchor: Grid) -> n
   if offset is None:  # not a window of the anchor: it is its own anchor
     anchor, offset = grid, (0, 0)
   nodata = src.nodata
-  lat = (src.bounds.bottom + src.bounds.top) / 2 if src.crs.is_geographic else 0.0
-  k = max(1, int(_pixel_size_m(grid.crs, grid.transform, lat) // _pixel_size_m(src.crs, src.transform, lat)))
+  # Measured on the anchor, so every block of a scene gets the same k.
+  k = max(1, int(mean_pixel_metres(anchor.crs, anchor.transform, anchor.shape[0])
+                 // mean_pixel_metres(src.crs, src.transform, src.height)))
   window = _covering_window(src, grid, pad=2 * k)
   out = np.full(grid.shape, np.nan, np.float32)
   if window is None:

@@ -42,21 +42,31 @@ def _metres_per_degree(lat_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return per_rad * m, per_rad * n * np.cos(phi)
 
 
-def _pixel_size_metres(transform: affine.Affine, crs: rasterio.crs.CRS | str | None,
-                       rows: int) -> tuple[float | np.ndarray, float | np.ndarray]:
-  """Returns the (x, y) pixel size in metres: scalars, or (rows, 1) arrays on geographic grids."""
+def pixel_size_metres(transform: affine.Affine, crs: rasterio.crs.CRS | str | None,
+                      latitude: float | np.ndarray) -> tuple[float | np.ndarray, float | np.ndarray]:
+  """The (x, y) sides of a pixel in metres: as is on a projected CRS (or `crs=None`), whose unit is
+  taken to be metres; on a geographic CRS degrees converted at `latitude` (scalar or array) on WGS84."""
   xres = abs(float(transform.a))
   yres = abs(float(transform.e))
   if crs is None or not rasterio.crs.CRS.from_user_input(crs).is_geographic:
     return xres, yres
+  m_lat, m_lon = _metres_per_degree(latitude)
+  return xres * m_lon, yres * m_lat
+
+
+def _pixel_size_metres(transform: affine.Affine, crs: rasterio.crs.CRS | str | None,
+                       rows: int) -> tuple[float | np.ndarray, float | np.ndarray]:
+  """Returns the (x, y) pixel size in metres: scalars, or (rows, 1) arrays on geographic grids."""
+  if crs is None or not rasterio.crs.CRS.from_user_input(crs).is_geographic:
+    return pixel_size_metres(transform, crs, 0.0)
   # North-up, so a row's centre latitude depends on the row only: f + (row + 0.5) * e.
   lat = float(transform.f) + (np.arange(rows, dtype=np.float64) + 0.5) * float(transform.e)
   if not np.all(np.abs(lat) < 90.0):
     raise ValueError(
         f"geographic grid has row centres at latitudes {lat.min():.6f}..{lat.max():.6f}, outside "
         "(-90, 90); check the transform (origin must be the top-left corner, in degrees)")
-  m_lat, m_lon = _metres_per_degree(lat)
-  return (xres * m_lon)[:, None], (yres * m_lat)[:, None]
+  x, y = pixel_size_metres(transform, crs, lat)
+  return x[:, None], y[:, None]
 
 
 def slope_degrees(dem: np.ndarray, transform: affine.Affine,
