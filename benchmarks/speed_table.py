@@ -208,7 +208,7 @@ def pipeline_rate(patch: int, batch: int, n: int = 512) -> float:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batches", default="4,32")
-  parser.add_argument("--patches", default="32,64,128")
+  parser.add_argument("--patches", default="32,64,128", help="train-step table; empty to skip it")
   parser.add_argument("--models", default="unet,resunet")
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--predict_km2", type=float, default=4.0)
@@ -225,7 +225,7 @@ def main() -> None:
         "JAX GFLOP/s | % of peak | pipeline batches/s per step time |")
   print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
   for name in args.models.split(","):
-    for patch in map(int, args.patches.split(",")):
+    for patch in (map(int, args.patches.split(",")) if args.patches else ()):
       for batch in map(int, args.batches.split(",")):
         t_jax, flops, n_jax = jax_train(name, patch, batch, args.steps)
         t_torch, n_torch = torch_train(name, patch, batch, args.steps)

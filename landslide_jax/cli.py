@@ -159,6 +159,27 @@ def check_probability(flag: flags.FlagHolder) -> None:
         f"pass e.g. --{flag.name}=0.5")
 
 
+def threshold_value(text: str | None) -> float | str | None:
+  """A threshold flag's value: a probability, "auto" (chosen on the validation area), or None."""
+  if text is None or text.strip().lower() == "auto":
+    return None if text is None else "auto"
+  return float(text)
+
+
+def check_threshold(flag: flags.FlagHolder) -> None:
+  """`flag` (a string flag) must be "auto" or a probability strictly between 0 and 1."""
+  def problem(text: str) -> str | None:
+    try:
+      value = threshold_value(text)
+    except ValueError:
+      return "must be a probability or auto"
+    if value == "auto" or 0.0 < value < 1.0:
+      return None
+    return "must be a probability strictly between 0 and 1, or auto"
+  check(flag, problem, f"pass e.g. --{flag.name}=0.5, or --{flag.name}=auto to choose it on the "
+        "validation area")
+
+
 def check_seed(flag: flags.FlagHolder) -> None:
   """`flag` must be a seed JAX and numpy both accept: 0 <= seed < 2**63."""
   check(flag, lambda v: None if 0 <= v < _SEED_LIMIT else "must be an integer in [0, 2**63)",

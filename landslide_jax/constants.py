@@ -35,6 +35,8 @@ L4S_SCALES: tuple[float, ...] = (
     1111.81, 824.63, 663.42, 445.17, 645.86, 1547.74, 1960.44, 1941.32, 674.08, 9.05, 1113.98,
     519.90, 20.29, 772.83)
 L4S_PATCH = 128
+# Landslide4Sense images are resampled to 10 m (their h5 files carry no georeference).
+L4S_PIXEL_M = 10.0
 
 PATCH_SIZES: tuple[int, ...] = (32, 64, 128)
 

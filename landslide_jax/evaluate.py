@@ -43,19 +43,10 @@ class Run:
   state: Any
   step: int
 
-  @functools.cached_property
-  def _apply(self):
-    state = self.state
-
-    @jax.jit
-    def probabilities(images):
-      logits, _ = train.apply_model(state, state.params, images, train=False)
-      return jax.nn.sigmoid(logits[..., 0])
-    return probabilities
-
-  def predict(self, images: np.ndarray) -> np.ndarray:
-    """Landslide probabilities (N, P, P) of normalised images (N, P, P, C)."""
-    return np.asarray(self._apply(jnp.asarray(images, jnp.float32)))
+  def predict(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+    """Landslide probabilities (N, P, P) of normalised images (N, P, P, C); with `tta` the mean over
+    the 8 rotations and flips of each window."""
+    return np.asarray(train.probabilities(self.state, jnp.asarray(images, jnp.float32), tta))
 
 
 def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
@@ -83,6 +74,11 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
     raise InputError(config_path, "was written by another version of landslide_jax (its options "
                      "differ from this version's)", "retrain in a new --workdir with this version"
                      ) from None
+  if config.seeds > 1:
+    seeds = ", ".join(f"seed_{config.seed + i}" for i in range(config.seeds))
+    raise InputError(workdir, f"holds {config.seeds} seeds trained together ({seeds}), each a run of its own",
+                     f"pass --workdir={workdir / f'seed_{config.seed}'} (or another seed's folder); "
+                     "metrics.json here has their mean and spread")
   if "normalization" not in saved:
     raise InputError(config_path, "has no normalisation statistics (written by an older version)",
                      "re-run python -m launch.train in that workdir")
@@ -113,17 +109,44 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
   return Run(workdir, config, stats, restored["state"], int(step))
 
 
-def predict_step(state, batch: dict, threshold: float) -> tuple[jax.Array, jax.Array]:
+def run_threshold(run) -> float:
+  """The run's probability threshold: its flag, or with --threshold=auto the one training chose on the
+  validation area for its best checkpoint (in `<workdir>/metrics.json`).
+
+  Raises:
+    InputError: an "auto" run not finished yet, or scored with another checkpoint than the one loaded.
+  """
+  if run.config.threshold != train.AUTO_THRESHOLD:
+    return float(run.config.threshold)
+  path = Path(run.workdir) / "metrics.json"
+  try:
+    done = json.loads(path.read_text())
+    if int(done["best_epoch"]) == run.step:
+      return float(done["threshold"])
+    problem = f"holds the threshold chosen for checkpoint {done['best_epoch']}, not for {run.step}"
+  except (OSError, ValueError, KeyError, TypeError):
+    problem = "is missing or unreadable (training has not finished)"
+  raise InputError(path, f"the run chooses its threshold on the validation area (--threshold=auto), and "
+                   f"its metrics.json {problem}", "pass --threshold=<probability>, or finish training")
+
+
+def predict_step(state, batch: dict, threshold: float, tta: bool = False
+                 ) -> tuple[jax.Array, jax.Array]:
   """Probabilities of a batch and its confusion counts, summed over devices (pmapped)."""
-  logits, _ = train.apply_model(state, state.params, batch["image"], train=False)
-  counts = metrics.confusion_counts(logits, batch["mask"], batch["valid"], threshold)
-  return jax.nn.sigmoid(logits[..., 0]), lax.psum(counts, train.AXIS)
+  probs = train.probabilities(state, batch["image"], tta)
+  predicted = (probs > threshold)[..., None]
+  valid = batch["valid"].astype(jnp.float32)
+  truth = batch["mask"].astype(jnp.float32)
+  # The counts of metrics.confusion_counts, from probabilities (TTA averages probabilities, not logits).
+  counts = jnp.stack([jnp.sum(predicted * truth * valid), jnp.sum(predicted * (1 - truth) * valid),
+                      jnp.sum(~predicted * truth * valid), jnp.sum(~predicted * (1 - truth) * valid)])
+  return probs, lax.psum(counts, train.AXIS)
 
 
-def predict_split(run: Run, data: input_pipeline.SplitData, threshold: float
+def predict_split(run: Run, data: input_pipeline.SplitData, threshold: float, tta: bool = False
                   ) -> tuple[np.ndarray, np.ndarray]:
   """(probabilities (N, P, P), counts [TP, FP, FN, TN]) of a whole split; counts summed on device."""
-  p_step = jax.pmap(functools.partial(predict_step, threshold=threshold), axis_name=train.AXIS)
+  p_step = jax.pmap(functools.partial(predict_step, threshold=threshold, tta=tta), axis_name=train.AXIS)
   replicated = jax_utils.replicate(run.state)
   devices = jax.local_device_count()
   batch_size = max(run.config.batch_size, devices)
@@ -157,18 +180,15 @@ def _check_normalization(run: Run, data_dir) -> None:
                      "evaluate with the --data_dir the run was trained on, or retrain")
 
 
-def threshold_table(probs: np.ndarray, data: input_pipeline.SplitData,
-                    thresholds=SWEEP_THRESHOLDS) -> list[dict]:
-  """Precision, recall and F1 at each threshold (host-side, from the stored probabilities)."""
-  valid = data.valid[..., 0].astype(bool)
-  truth = data.mask[..., 0].astype(bool)[valid]
-  p = probs[valid]
-  rows = []
-  for t in thresholds:
-    pred = p > t
-    tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
-    rows.append({"threshold": float(t), **metrics.scores(tp, fp, fn)})
-  return rows
+def _sweep(probs: np.ndarray, data: input_pipeline.SplitData) -> list[dict]:
+  return metrics.threshold_scores(probs, data.mask[..., 0], data.valid[..., 0], SWEEP_THRESHOLDS)
+
+
+def _objects(probs: np.ndarray, data: input_pipeline.SplitData, threshold: float, test_set: str,
+             config: train.TrainConfig, data_dir) -> dict:
+  areas = input_pipeline.pixel_areas_m2(test_set, config.patch, config.channels, data_dir)
+  return metrics.split_report(probs, data.mask[..., 0], data.valid[..., 0], data.row, data.col, data.site,
+                              threshold, areas)["objects"]
 
 
 def write_site_maps(out_dir: Path, site: str, probs: np.ndarray, data: input_pipeline.SplitData,
@@ -238,17 +258,34 @@ def quicklook(path: Path, rgb: np.ndarray | None, predicted: np.ndarray, truth: 
 
 def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None = None,
                  checkpoint: str = "best", data_dir: str | os.PathLike | None = None,
-                 threshold: float | None = None, sweep_thresholds: bool = False,
-                 write_maps: bool = True) -> dict:
-  """Scores a run's checkpoint on its test sets and writes `<workdir>/eval/metrics.json` (named by
-  `metrics_file_name` for a subset of test sets, another checkpoint or threshold) and the maps."""
-  if threshold is not None and not 0.0 < threshold < 1.0:  # also catches NaN
-    raise InputError(None, f"--threshold={threshold} is not strictly between 0 and 1",
-                     "pass e.g. --threshold=0.5")
+                 threshold: float | str | None = None, sweep_thresholds: bool = False,
+                 write_maps: bool = True, tta: bool = False) -> dict:
+  """Scores a run's checkpoint on its test sets (pixel and object scores) and writes
+  `<workdir>/eval/metrics.json` (named by `metrics_file_name` for a subset of test sets, another
+  checkpoint, threshold or TTA) and the maps.
+
+  `threshold`: a probability, "auto" (the F1-best on the run's validation area with this checkpoint and
+  `tta`), or None for the run's own (its "auto" chosen the same way).
+  """
+  if threshold is not None and threshold != train.AUTO_THRESHOLD and not 0.0 < threshold < 1.0:
+    raise InputError(None, f"--threshold={threshold} is not strictly between 0 and 1 (or auto)",
+                     "pass e.g. --threshold=0.5")  # the comparison also catches NaN
+  experiment = _multi_seed_config(workdir)
+  if experiment is not None:
+    return _evaluate_seeds(experiment, test_sets, checkpoint, data_dir, threshold, sweep_thresholds,
+                           write_maps, tta)
   run = load_run(workdir, checkpoint)
   config = run.config
   data_dir = train.dataset_root(config, data_dir)
+  asked = threshold
   threshold = config.threshold if threshold is None else threshold
+  choice = None
+  if threshold == train.AUTO_THRESHOLD:
+    _check_normalization(run, data_dir)
+    validation = input_pipeline.load_scenario_split(config.scenario, config.patch, "validation",
+                                                    config.channels, data_dir, run.stats)
+    choice = train.choose_threshold(predict_split(run, validation, 0.5, tta)[0], validation)
+    threshold = choice["threshold"]
   valid_sets = input_pipeline.test_sets(config.scenario)
   test_sets = tuple(test_sets or valid_sets)
   unknown = [t for t in test_sets if t not in valid_sets]
@@ -266,29 +303,35 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
     metadata = check_dataset(run, name, data_dir)
     raw = input_pipeline.load_test_data(name, config.patch, config.channels, data_dir, stats=None)
     data = raw.normalized(run.stats)
-    probs, counts = predict_split(run, data, threshold)
+    probs, counts = predict_split(run, data, threshold, tta)
     expected = metadata["areas"]["test"]["valid_pixels"]
     per_site[name] = (counts, probs, data, expected)
     if name in test_sets:
-      results[name] = metrics.report(counts, expected)
+      results[name] = {**metrics.report(counts, expected),
+                       "objects": _objects(probs, data, threshold, name, config, data_dir)}
       if sweep_thresholds:
-        sweeps[name] = threshold_table(probs, data)
+        sweeps[name] = _sweep(probs, data)
       if write_maps and metadata.get("grid"):
         maps[name] = write_site_maps(out_dir, name, probs, data, metadata, threshold, raw)
   if "all" in test_sets:
     total = sum(per_site[s][0] for s in constants.SITE_NAMES)
-    results["all"] = metrics.report(total, sum(per_site[s][3] for s in constants.SITE_NAMES))
+    results["all"] = {
+        **metrics.report(total, sum(per_site[s][3] for s in constants.SITE_NAMES)),
+        "objects": _objects(np.concatenate([per_site[s][1] for s in constants.SITE_NAMES]),
+                            input_pipeline.SplitData.concatenate([per_site[s][2] for s in constants.SITE_NAMES]),
+                            threshold, "all", config, data_dir)}
     if sweep_thresholds:
       merged = input_pipeline.SplitData.concatenate([per_site[s][2] for s in constants.SITE_NAMES])
-      sweeps["all"] = threshold_table(np.concatenate([per_site[s][1] for s in constants.SITE_NAMES]),
-                                      merged)
+      sweeps["all"] = _sweep(np.concatenate([per_site[s][1] for s in constants.SITE_NAMES]), merged)
   result = {"workdir": str(run.workdir), "scenario": config.scenario, "model": config.model,
-            "patch": config.patch, "checkpoint_step": run.step, "threshold": threshold,
+            "patch": config.patch, "checkpoint_step": run.step, "threshold": threshold, "tta": tta,
             "test": {k: results[k] for k in test_sets}, "maps": maps}
+  if choice is not None:
+    result["validation_threshold"] = choice
   if sweep_thresholds:
     result["threshold_sweep"] = sweeps
   metrics_path = out_dir / metrics_file_name(test_sets, valid_sets, checkpoint,
-                                             None if threshold == config.threshold else threshold)
+                                             None if asked in (None, config.threshold) else asked, tta)
   files.write_text_atomically(metrics_path, json.dumps(result, indent=2) + "\n")
   print(format_table(result), flush=True)
   where = f"wrote {metrics_path}"
@@ -299,26 +342,68 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
   return result
 
 
+def _multi_seed_config(workdir: str | os.PathLike) -> train.TrainConfig | None:
+  """The options of a `--seeds=K` experiment folder (K > 1), else None (a single run, or not a run)."""
+  try:
+    flags = json.loads((Path(workdir) / "config.json").read_text())["flags"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None  # load_run says what is wrong with it
+  if int(flags.get("seeds", 1)) <= 1:
+    return None
+  flags["channels"] = tuple(flags["channels"])
+  return dataclasses.replace(train.TrainConfig(**flags), workdir=str(workdir))
+
+
+def _evaluate_seeds(config: train.TrainConfig, test_sets, checkpoint, data_dir, threshold, sweep_thresholds,
+                    write_maps, tta) -> dict:
+  """Every seed of a `--seeds=K` experiment scored as its own run (its folder's eval/), then the mean and
+  spread over seeds, written to the experiment's eval/ and printed."""
+  from landslide_jax import multi_seed  # pylint: disable=import-outside-toplevel  (imports train)
+  results = {seed: evaluate_run(multi_seed.seed_config(config, seed).workdir, test_sets, checkpoint, data_dir,
+                                threshold, sweep_thresholds, write_maps, tta)
+             for seed in multi_seed.seed_values(config)}
+  summary = multi_seed.summarize_seeds(config, results)
+  first = next(iter(results.values()))
+  out_dir = Path(config.workdir) / "eval"
+  out_dir.mkdir(parents=True, exist_ok=True)
+  valid_sets = input_pipeline.test_sets(config.scenario)
+  name = metrics_file_name(tuple(first["test"]), valid_sets, checkpoint,
+                           None if threshold in (None, config.threshold) else threshold, tta)
+  files.write_text_atomically(out_dir / name, json.dumps(summary, indent=2) + "\n")
+  print(multi_seed.format_seed_table(summary), flush=True)
+  print(f"wrote {out_dir / name}", flush=True)
+  return summary
+
+
 def metrics_file_name(test_sets: tuple[str, ...], all_sets: tuple[str, ...], checkpoint: str,
-                      threshold: float | None) -> str:
+                      threshold: float | str | None, tta: bool = False) -> str:
   """`metrics.json` for the run's own evaluation (every test set, best checkpoint, the run's
-  threshold); otherwise a name saying what differs, e.g. `metrics_china.json`,
-  `metrics_latest_t0.3.json`, so a partial or diagnostic evaluation never overwrites the full one."""
+  threshold, no TTA); otherwise a name saying what differs, e.g. `metrics_china.json`,
+  `metrics_latest_t0.3.json`, `metrics_tauto_tta.json`, so a partial or diagnostic evaluation never
+  overwrites the full one."""
   parts = [] if checkpoint == "best" else [str(checkpoint)]
   if set(test_sets) != set(all_sets):
     parts.append("-".join(test_sets))
   if threshold is not None:
-    parts.append(f"t{threshold:g}")
+    parts.append(f"t{threshold}" if isinstance(threshold, str) else f"t{threshold:g}")
+  if tta:
+    parts.append("tta")
   return "_".join(["metrics", *parts]) + ".json"
 
 
 def format_table(result: dict) -> str:
   """Scores per test set (and the threshold sweep, if any) as text."""
+  how = f"threshold {result['threshold']:g}"
+  if "validation_threshold" in result:
+    how += (f" (F1-best on validation: F1 {result['validation_threshold']['validation_f1']:.3f} there, "
+            f"{result['validation_threshold']['validation_f1_at_0.5']:.3f} at 0.5)")
+  if result.get("tta"):
+    how += ", test-time augmentation (8 rotations and flips)"
   lines = [metrics.format_scores(f"{result['scenario']}-{result['model']}-p{result['patch']} checkpoint "
-                                 f"step {result['checkpoint_step']}, threshold {result['threshold']}:",
-                                 result["test"])]
+                                 f"step {result['checkpoint_step']}, {how}:", result["test"])]
   for name, rows in result.get("threshold_sweep", {}).items():
-    lines.append(f"precision-recall sweep, {name}:")
+    lines.append(f"precision-recall sweep on the {name} test set (a diagnostic: a threshold picked here is "
+                 "fitted to the test area; --threshold=auto picks one on validation):")
     lines.append(f"  {'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>6}")
     for row in rows:
       lines.append(f"  {row['threshold']:>9.2f} {row['precision']:>9.3f} {row['recall']:>7.3f} "

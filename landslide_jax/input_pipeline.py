@@ -105,15 +105,36 @@ def area_pixels(test_set: str, split: str, patch: int, channels: tuple[str, ...]
                  ["areas"][split]["valid_pixels"]) for site in sites)
 
 
+def pixel_areas_m2(test_set: str, patch: int, channels: tuple[str, ...],
+                   data_dir: str | os.PathLike) -> dict[str, float]:
+  """Area of one pixel (m^2) of each site of a test set, from the datasets' grids (Landslide4Sense
+  has none: its 10 m)."""
+  from landslide_jax.data import raster_io  # pylint: disable=import-outside-toplevel  (rasterio)
+  sites = constants.SITE_NAMES if test_set == "all" else (test_set,)
+  areas = {}
+  for site in sites:
+    grid = normalization.read_metadata(dataset_dir(site, patch, channels, data_dir)).get("grid")
+    if grid is None:
+      areas[site] = constants.L4S_PIXEL_M ** 2
+    else:
+      grid = raster_io.Grid.from_json(grid)
+      areas[site] = raster_io.mean_pixel_metres(grid.crs, grid.transform, grid.shape[0]) ** 2
+  return areas
+
+
+def load_scenario_split(scenario: str, patch: int, split: str, channels: tuple[str, ...],
+                        data_dir: str | os.PathLike, stats: normalization.ChannelStats) -> SplitData:
+  """One split ("train" or "validation") of a scenario (union over its sites), normalised."""
+  return SplitData.concatenate([read_split(site, patch, split, channels, data_dir)
+                                for site in SCENARIOS[scenario]]).normalized(stats)
+
+
 def load_training_data(scenario: str, patch: int, channels: tuple[str, ...],
                        data_dir: str | os.PathLike,
                        stats: normalization.ChannelStats) -> dict[str, SplitData]:
   """The normalised train and validation splits of a scenario (union over its sites)."""
-  return {
-      split: SplitData.concatenate([read_split(site, patch, split, channels, data_dir)
-                                    for site in SCENARIOS[scenario]]).normalized(stats)
-      for split in ("train", "validation")
-  }
+  return {split: load_scenario_split(scenario, patch, split, channels, data_dir, stats)
+          for split in ("train", "validation")}
 
 
 def load_test_data(test_set: str, patch: int, channels: tuple[str, ...], data_dir: str | os.PathLike,

@@ -20,7 +20,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import math
 import os
 import sys
 import tempfile
@@ -55,7 +54,7 @@ SWAP_LOCK = ".predict.lock"
 # Temporary files that versions before the staging folder wrote straight into the output folder.
 LEGACY_TEMP_PREFIXES = (".probability.", ".landslides.")
 # Provenance keys; GeoTIFF tags are these in upper case after TAG_PREFIX.
-PROVENANCE_KEYS = ("set", "written", "files", "checkpoint_step", "threshold", "workdir",
+PROVENANCE_KEYS = ("set", "written", "files", "checkpoint_step", "threshold", "tta", "workdir",
                    "run_config_sha256")
 TAG_PREFIX = "LANDSLIDE_JAX_"
 
@@ -187,15 +186,6 @@ def _warn_training_offset(run, offsets: dict[str, float]) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _pixel_area_m2(grid: raster_io.Grid) -> float:
-  area = abs(grid.transform.a * grid.transform.e)
-  if grid.crs.is_geographic:
-    # Degrees to metres at the scene's central latitude: good to a fraction of a percent for a scene.
-    lat = math.radians(grid.transform.f + grid.transform.e * grid.shape[0] / 2)
-    area *= (111_320.0 ** 2) * math.cos(lat)
-  return area
-
-
 class _AtomicGeoTIFF:
   """A Cloud-Optimized GeoTIFF: written block by block into a hidden temporary GeoTIFF, converted to a
   COG (internal overviews built with `resampling`) and renamed into place on success."""
@@ -232,7 +222,7 @@ class _AtomicGeoTIFF:
 
 def predict_probabilities(run, inputs: site_inputs.SiteInputs, out_dir: str | os.PathLike,
                           overlap: float = 0.5, blend: str = "cosine", threshold: float | None = None,
-                          block: int = 1024, batch_size: int = 16) -> dict:
+                          block: int = 1024, batch_size: int = 16, tta: bool = False) -> dict:
   """Writes `probability.tif` and `landslides.tif` for a scene; returns their paths and the grid.
 
   The two maps are swapped into `out_dir` as a set (see the module docstring); a `landslides.geojson`
@@ -247,18 +237,22 @@ def predict_probabilities(run, inputs: site_inputs.SiteInputs, out_dir: str | os
     threshold: probability threshold (default: the run's).
     block: block side in pixels (memory use grows with its square; results do not depend on it).
     batch_size: windows per model call.
+    tta: test-time augmentation: each window's probabilities are the mean over its 8 rotations and flips.
   """
-  return _predict(run, inputs, out_dir, overlap, blend, threshold, block, batch_size, min_area_m2=None)
+  return _predict(run, inputs, out_dir, overlap, blend, threshold, block, batch_size, min_area_m2=None,
+                  tta=tta)
 
 
 def _predict(run, inputs: site_inputs.SiteInputs, out_dir: str | os.PathLike, overlap: float,
              blend: str, threshold: float | None, block: int, batch_size: int,
-             min_area_m2: float | None) -> dict:
+             min_area_m2: float | None, tta: bool = False) -> dict:
   """`predict_probabilities`, and with `min_area_m2` (not None) also `landslides.geojson`: all written
   into a staging folder, then swapped into `out_dir` as one set."""
   config = run.config
   patch, channels = config.patch, tuple(config.channels)
-  threshold = config.threshold if threshold is None else threshold
+  if threshold is None:
+    from landslide_jax import evaluate  # pylint: disable=import-outside-toplevel  (evaluate imports train)
+    threshold = evaluate.run_threshold(run)
   if not 0.0 <= overlap < 1.0:
     raise InputError(None, f"--overlap={overlap} is outside [0, 1)", "pass e.g. 0.5")
   bands = tuple(c for c in channels if c in constants.SENTINEL2_BANDS)
@@ -279,7 +273,9 @@ def _predict(run, inputs: site_inputs.SiteInputs, out_dir: str | os.PathLike, ov
     if inputs.aoi is not None:
       raise InputError(inputs.aoi, f"the area of interest is {grid.shape[0]} x {grid.shape[1]} px, "
                        f"smaller than the model's {patch} px window",
-                       f"draw an AOI at least {patch * math.sqrt(_pixel_area_m2(grid)):.0f} m across, "
+                       f"draw an AOI at least "
+                       f"{patch * raster_io.mean_pixel_metres(grid.crs, grid.transform, grid.shape[0]):.0f} m "
+                       "across, "
                        "or use a run trained on smaller patches") from None
     raise InputError(raster_io.s2_source(inputs, bands), f"scene too small: {err}",
                      f"use a scene of at least {patch} x {patch} px or a model trained on smaller patches"
@@ -287,14 +283,14 @@ def _predict(run, inputs: site_inputs.SiteInputs, out_dir: str | os.PathLike, ov
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   members = OUTPUT_FILES if min_area_m2 is not None else (PROBABILITY_FILE, LANDSLIDES_FILE)
-  provenance = _provenance(run, threshold, members)
+  provenance = _provenance(run, threshold, members, tta)
   with files.FileLock(out_dir / SWAP_LOCK):
     _tidy_output_folder(out_dir)
   # float32 probability + uint8 classes, uncompressed, and the COG copies made of them: an upper bound.
   files.require_free_space(out_dir, 2 * grid.shape[0] * grid.shape[1] * (4 + 1), "the maps", "--out")
   with files.staging_dir(out_dir, STAGING_PREFIX) as staging:
     _write_maps(run, inputs, staging.path, grid, rows, cols, blend_weights(patch, blend),
-                max(block, patch), batch_size, threshold, provenance)
+                max(block, patch), batch_size, threshold, provenance, tta)
     polygons = None
     if min_area_m2 is not None:
       features = landslide_polygons(staging.path / LANDSLIDES_FILE, staging.path / PROBABILITY_FILE,
@@ -310,7 +306,7 @@ def _predict(run, inputs: site_inputs.SiteInputs, out_dir: str | os.PathLike, ov
 
 def _write_maps(run, inputs: site_inputs.SiteInputs, folder: Path, grid: raster_io.Grid,
                 rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, block: int, batch_size: int,
-                threshold: float, provenance: dict[str, str]) -> None:
+                threshold: float, provenance: dict[str, str], tta: bool) -> None:
   """Predicts the scene block by block into `folder`'s probability.tif and landslides.tif (tagged
   with `provenance`); nothing of them stays there if it fails."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -342,7 +338,7 @@ def _write_maps(run, inputs: site_inputs.SiteInputs, folder: Path, grid: raster_
         if len(chunk) < batch_size:  # pad: one compiled shape for every call
           batch = np.concatenate([batch, np.zeros((batch_size - len(chunk), *batch.shape[1:]),
                                                   batch.dtype)])
-        probs = run.predict(batch)[:len(chunk)]
+        probs = (run.predict(batch, tta=True) if tta else run.predict(batch))[:len(chunk)]
         for (r, c), p in zip(chunk, probs):
           total[r:r + patch, c:c + patch] += p * weights
           weight[r:r + patch, c:c + patch] += weights
@@ -376,7 +372,7 @@ def run_config_sha256(run) -> str:
   return hashlib.sha256(json.dumps(record, sort_keys=True, default=list).encode()).hexdigest()
 
 
-def _provenance(run, threshold: float, members: tuple[str, ...]) -> dict[str, str]:
+def _provenance(run, threshold: float, members: tuple[str, ...], tta: bool = False) -> dict[str, str]:
   """What the files of one output set say about where they come from (all strings: GeoTIFF tags)."""
   workdir = getattr(run, "workdir", None)
   step = getattr(run, "step", None)
@@ -385,6 +381,7 @@ def _provenance(run, threshold: float, members: tuple[str, ...]) -> dict[str, st
           "files": ",".join(members),
           "checkpoint_step": "" if step is None else str(step),
           "threshold": repr(float(threshold)),
+          "tta": "8 rotations and flips" if tta else "none",
           "workdir": "" if workdir is None else str(Path(workdir).resolve()),
           "run_config_sha256": run_config_sha256(run)}
 
@@ -482,7 +479,7 @@ def landslide_polygons(landslides_tif: Path, probability_tif: Path, min_area_m2:
                      window.col_off:window.col_off + window.width]
       sums += np.bincount(block.ravel(), weights=src.read(1, window=window).ravel(), minlength=count + 1)
   pixels = np.bincount(labels.ravel(), minlength=count + 1)
-  pixel_area = _pixel_area_m2(grid)
+  pixel_area = raster_io.mean_pixel_metres(grid.crs, grid.transform, grid.shape[0]) ** 2
   features = []
   for geometry, value in rasterio.features.shapes(labels, mask=labels > 0, transform=grid.transform):
     value = int(value)
@@ -514,7 +511,7 @@ def predict_scene(workdir: str | os.PathLike, scene: str | os.PathLike, dem: str
                   min_area_m2: float = DEFAULT_MIN_AREA_M2,
                   block: int = 1024, s2_add_offset: float | None = None,
                   aoi: str | os.PathLike | None = None,
-                  cloud_mask: str | os.PathLike | None = None) -> dict:
+                  cloud_mask: str | os.PathLike | None = None, tta: bool = False) -> dict:
   """`launch.predict`: maps landslides in a scene with a trained run; returns the written paths.
 
   `s2_add_offset`, `aoi` and `cloud_mask` are the flags of the same names (see `scene_inputs`)."""
@@ -526,7 +523,7 @@ def predict_scene(workdir: str | os.PathLike, scene: str | os.PathLike, dem: str
   inputs = scene_inputs(scene, dem, s2_add_offset, aoi=aoi, cloud_mask=cloud_mask)
   run = evaluate.load_run(workdir, checkpoint)
   written = _predict(run, inputs, out_dir, overlap, blend, threshold, block, batch_size=16,
-                     min_area_m2=min_area_m2)
+                     min_area_m2=min_area_m2, tta=tta)
   print(f"{written['polygons']} landslide polygons (>= {min_area_m2:g} m2); wrote "
         f"{written['probability']}, {written['landslides']}, {written['geojson']}", flush=True)
   return {"probability": str(written["probability"]), "landslides": str(written["landslides"]),

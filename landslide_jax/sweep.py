@@ -9,11 +9,15 @@ into an output folder (a lock file in it); each run is locked by training itself
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import dataclasses
 import io
 import json
 import os
+import queue
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -26,6 +30,8 @@ from landslide_jax.errors import InputError
 SCENARIO_ORDER = ("all", "taiwan", "china", "japan")
 MODEL_NAMES = {"unet": "U-Net", "resunet": "ResU-Net"}
 TEST_SETS = constants.SITE_NAMES + ("all",)
+# Cores a --jobs process may use; set by the sweep, applied by launch/__init__.py before jax starts.
+_CORES_ENV = "LANDSLIDE_JAX_CORES"
 
 
 def run_dir(workdir_root: str | os.PathLike, scenario: str, model: str, patch: int) -> Path:
@@ -57,9 +63,13 @@ def _finished(config: train.TrainConfig) -> dict | None:
 
 
 def run_grid(scenarios: tuple[str, ...], patches: tuple[int, ...], models: tuple[str, ...],
-             workdir_root: str | os.PathLike, base: train.TrainConfig) -> dict[tuple[str, str, int], dict]:
-  """Trains (or resumes, or skips) every run of the grid; returns each run's metrics.json."""
-  results = {}
+             workdir_root: str | os.PathLike, base: train.TrainConfig, jobs: int = 1
+             ) -> dict[tuple[str, str, int], dict]:
+  """Trains (or resumes, or skips) every run of the grid; returns each run's metrics.json.
+
+  With `jobs` > 1 the runs to train go to that many `launch.train` processes at a time (`_run_parallel`).
+  """
+  results, todo = {}, []
   total = len(scenarios) * len(patches) * len(models)
   for i, (scenario, patch, model) in enumerate(
       (s, p, m) for s in scenarios for p in patches for m in models):
@@ -70,15 +80,116 @@ def run_grid(scenarios: tuple[str, ...], patches: tuple[int, ...], models: tuple
     if done is not None:
       print(f"{label}: finished, skipped", flush=True)
       results[(scenario, model, patch)] = done
-      continue
-    print(f"{label}: training", flush=True)
-    results[(scenario, model, patch)] = train.train_and_evaluate(config)
+    elif jobs > 1:
+      todo.append((label, config))
+    else:
+      print(f"{label}: training", flush=True)
+      results[(scenario, model, patch)] = train.train_and_evaluate(config)
+  if todo:
+    results.update(_run_parallel(todo, jobs))
   return results
 
 
+def job_slots(jobs: int) -> list[dict[str, str]]:
+  """What each of `jobs` concurrent trainings may use, as environment variables for its process.
+
+  On GPUs: one device each (CUDA_VISIBLE_DEVICES), so `jobs` may not exceed the device count. On CPU: an
+  equal share of this process's cores each (`taskset`-like affinity, read back by XLA to size its thread
+  pool), so N processes do not each start a thread per core and fight over them.
+  """
+  backend = jax.default_backend()
+  if backend == "gpu":
+    count = jax.local_device_count()
+    if jobs > count:
+      raise InputError(None, f"--jobs={jobs} is more than the {count} GPUs", f"pass --jobs={count} or fewer")
+    return [{"CUDA_VISIBLE_DEVICES": str(d.local_hardware_id)} for d in jax.local_devices()[:jobs]]
+  if backend != "cpu":
+    raise InputError(None, f"--jobs={jobs} is for CPUs and GPUs, not {backend}",
+                     "pass --jobs=1 (one run uses every TPU core)")
+  cores = sorted(os.sched_getaffinity(0))
+  if jobs > len(cores):
+    raise InputError(None, f"--jobs={jobs} is more than the {len(cores)} cores",
+                     f"pass --jobs={len(cores)} or fewer")
+  shares = np.array_split(np.array(cores), jobs)
+  return [{_CORES_ENV: ",".join(map(str, share))} for share in shares]
+
+
+def _train_command(config: train.TrainConfig) -> list[str]:
+  """`python -m launch.train` with every option of `config` as a flag.
+
+  Raises:
+    InputError: an option launch.train has no flag for (Adam's b1, b2) differs from its default.
+  """
+  fixed = [f.name for f in dataclasses.fields(config) if f.name in ("b1", "b2")
+           and getattr(config, f.name) != f.default]
+  if fixed:
+    raise InputError(None, f"options {', '.join(fixed)} have no launch.train flag, so --jobs processes "
+                     "would train without them", "pass --jobs=1")
+  flags_ = {"scenario": config.scenario, "patch": config.patch, "model": config.model,
+            "workdir": config.workdir, "channels": ",".join(config.channels),
+            "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+            "max_epochs": config.max_epochs, "patience": config.patience, "min_delta": config.min_delta,
+            "seed": config.seed, "seeds": config.seeds, "loss_weights": config.loss_weights,
+            "pos_weight": config.pos_weight, "threshold": config.threshold,
+            "demo_scale": config.demo_scale, "steps_per_dispatch": config.steps_per_dispatch,
+            "compute_dtype": config.compute_dtype, "data_dir": config.data_dir,
+            "manual_dir": config.manual_dir}
+  return [sys.executable, "-m", "launch.train"] + [f"--{k}={v}" for k, v in flags_.items() if v is not None]
+
+
+def _run_parallel(todo: list[tuple[str, train.TrainConfig]], jobs: int) -> dict:
+  """Trains the runs of `todo` in `jobs` concurrent `launch.train` processes, each with its slot
+  (`job_slots`) and its log in `<run workdir>.log`; returns each run's metrics.json.
+
+  The datasets are built first, here, so that no two processes build the same one at once.
+
+  Raises:
+    InputError: a run failed (after the others finished): its log's last line and where the log is.
+  """
+  if jax.process_count() > 1:
+    raise InputError(None, f"--jobs={jobs} with several processes", "pass --jobs=1 on multi-host runs")
+  for key in dict.fromkeys((c.patch, c.data_dir, c.manual_dir, c.demo_scale, c.channels) for _, c in todo):
+    train.ensure_datasets(dataclasses.replace(todo[0][1], scenario="all", patch=key[0]))
+  slots = queue.Queue()
+  for slot in job_slots(jobs):
+    slot_env = dict(os.environ, **slot)
+    slots.put(slot_env)
+
+  def one(label: str, config: train.TrainConfig) -> tuple[train.TrainConfig, str | None]:
+    slot_env = slots.get()
+    try:
+      log = Path(f"{config.workdir}.log")
+      log.parent.mkdir(parents=True, exist_ok=True)
+      print(f"{label}: training ({log})", flush=True)
+      with open(log, "w", encoding="utf-8") as out:
+        code = subprocess.run(_train_command(config), stdout=out, stderr=subprocess.STDOUT, env=slot_env,
+                              cwd=Path(__file__).resolve().parents[1], check=False).returncode
+      if code == 0:
+        print(f"{label}: done", flush=True)
+        return config, None
+      lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+      return config, f"{label} exited {code} ({lines[-1].strip() if lines else 'no output'}; log: {log})"
+    finally:
+      slots.put(slot_env)
+
+  with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+    outcomes = list(pool.map(lambda item: one(*item), todo))
+  failed = [problem for _, problem in outcomes if problem]
+  if failed:
+    raise InputError(None, f"{len(failed)} of {len(todo)} runs failed: " + "; ".join(failed),
+                     "fix what the log says and run the same command: finished runs are skipped")
+  return {(c.scenario, c.model, c.patch): json.loads((Path(c.workdir) / "metrics.json").read_text())
+          for c, _ in outcomes}
+
+
 def scenario_table(results: dict, scenario: str, patches, models) -> tuple[str, str]:
-  """(markdown, csv) of one scenario: rows model x patch, columns test set x P/R/F1."""
-  header = ["model", "patch"] + [f"{t} {m}" for t in TEST_SETS for m in ("P", "R", "F1")]
+  """(markdown, csv) of one scenario: rows model x patch, columns test set x pixel P/R/F1 and object F1
+  (landslides counted as regions, metrics.py; "n/a" for runs scored before object scores existed). Runs
+  of several seeds give the mean over seeds, and an "F1 std" column per test set says their spread."""
+  runs = [results.get((scenario, m, p)) for m in models for p in patches]
+  seeded = any(r is not None and "test_std" in r for r in runs)
+  kinds = ("P", "R", "F1") + (("F1 std",) if seeded else ()) + ("object F1",)
+  header = ["model", "patch"] + [f"{t} {k}" for t in TEST_SETS for k in kinds]
   rows = []
   for model in models:
     for patch in patches:
@@ -89,6 +200,9 @@ def scenario_table(results: dict, scenario: str, patches, models) -> tuple[str, 
       for test in TEST_SETS:
         s = scores["test"][test]
         row += [f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}"]
+        if seeded:
+          row.append(f"{scores['test_std'][test]['f1']:.3f}" if "test_std" in scores else "n/a")
+        row.append(f"{s['objects']['f1']:.3f}" if "objects" in s else "n/a")
       rows.append(row)
   md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   md += ["| " + " | ".join(r) + " |" for r in rows]
@@ -311,14 +425,87 @@ def summary(results: dict, scenarios, patches, models, matrix: np.ndarray) -> st
             "|---|" + "---|" * len(TEST_SETS)]
   for s, row in zip(scenarios, matrix):
     lines.append(f"| {s} | " + " | ".join(_fmt(v) for v in row) + " |")
+  lines += seed_conclusions(results, scenarios, patches, models)
   lines += ["", "Each mean is over the runs present: a cell without any run reads n/a (not 0).", "", "![transferability](transferability.png)", "",
             "![Fig. 10](fig10_mean_f1_by_scenario.png) ![Fig. 11](fig11_mean_f1_by_patch.png)", ""]
   return "\n".join(lines)
 
 
+# The paper's conclusions the summary checks against seed spread: the in-site comparison of the models,
+# and each model's best patch size.
+PAPER_BEST_PATCH = {"unet": 128, "resunet": 64}
+
+
+def _seed_f1(result: dict, tests=constants.SITE_NAMES) -> list[float] | None:
+  """Per seed (in seed order), the F1 averaged over `tests`; None for a run without several seeds."""
+  per_seed = result.get("per_seed")
+  if not per_seed or len(per_seed) < 2:
+    return None
+  return [float(np.mean([r["test"][t]["f1"] for t in tests])) for _, r in sorted(per_seed.items(),
+                                                                                key=lambda x: int(x[0]))]
+
+
+def paired_difference(a: list[float], b: list[float]) -> dict:
+  """Mean and standard deviation (ddof=1) over seeds of a - b, paired by seed, and the half-width of
+  its 95% t-interval; `verdict` says whether the interval excludes 0."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  d = np.asarray(a) - np.asarray(b)
+  k = len(d)
+  mean, std = float(d.mean()), float(d.std(ddof=1))
+  half = float(stats.t.ppf(0.975, k - 1) * std / np.sqrt(k))
+  if mean - half > 0:
+    verdict = "holds beyond seed spread"
+  elif mean + half < 0:
+    verdict = "reversed beyond seed spread"
+  else:
+    verdict = "within seed spread"
+  return {"mean": mean, "std": std, "half_width": half, "seeds": k, "verdict": verdict}
+
+
+def seed_conclusions(results: dict, scenarios, patches, models) -> list[str]:
+  """Markdown lines: for each of the paper's conclusions, the paired difference over seeds and whether
+  it holds beyond seed spread (95% t-interval of the mean difference excludes 0)."""
+  lines = ["", "The paper's conclusions against seed spread (paired by seed; mean +- std over seeds, and "
+           "whether the 95% t-interval of the mean difference excludes 0):", ""]
+  rows = []
+  if "unet" in models and "resunet" in models:
+    for s in (x for x in scenarios if x in constants.SITE_NAMES):
+      per = [(_seed_f1(results.get((s, "resunet", p), {}), (s,)), _seed_f1(results.get((s, "unet", p), {}), (s,)))
+             for p in patches]
+      per = [(a, b) for a, b in per if a is not None and b is not None and len(a) == len(b)]
+      if per:
+        d = paired_difference(np.mean([a for a, _ in per], axis=0), np.mean([b for _, b in per], axis=0))
+        rows.append(f"| ResU-Net beats U-Net in-site ({s}, mean over patch sizes) | F1 ResU-Net - U-Net "
+                    f"{d['mean']:+.3f} +- {d['std']:.3f} ({d['seeds']} seeds) | {d['verdict']} |")
+  for m in models:
+    best = PAPER_BEST_PATCH.get(m)
+    if best not in patches:
+      continue
+    def f1(p, m=m):
+      runs = [_seed_f1(results.get((s, m, p), {})) for s in scenarios]
+      runs = [r for r in runs if r is not None]
+      return np.mean(runs, axis=0) if runs and len({len(r) for r in runs}) == 1 else None
+    at_best = f1(best)
+    for q in patches:
+      other = f1(q) if q != best else None
+      if at_best is None or other is None or len(other) != len(at_best):
+        continue
+      d = paired_difference(at_best, other)
+      rows.append(f"| {MODEL_NAMES[m]} best at {best} px: vs {q} px (mean over scenarios and sites) | "
+                  f"F1 {best} px - {q} px {d['mean']:+.3f} +- {d['std']:.3f} ({d['seeds']} seeds) | "
+                  f"{d['verdict']} |")
+  if not rows:
+    return lines[:2] + ["Not assessed: it needs runs of several seeds (--seeds=2 or more) of both models "
+                        "(or of a model's paper patch size and another).", ""]
+  return lines + ["| conclusion | paired difference | verdict |", "|---|---|---|"] + rows + [""]
+
+
 def sweep(scenarios: tuple[str, ...], patches: tuple[int, ...], models: tuple[str, ...],
-          out: str | os.PathLike, workdir_root: str | os.PathLike, base: train.TrainConfig) -> list[Path]:
-  """Runs the grid and writes the paper's tables and figures."""
+          out: str | os.PathLike, workdir_root: str | os.PathLike, base: train.TrainConfig,
+          jobs: int = 1) -> list[Path]:
+  """Runs the grid (`jobs` trainings at a time) and writes the paper's tables and figures."""
+  if jobs < 1:
+    raise InputError(None, f"--jobs={jobs} is not a positive number", "pass e.g. --jobs=2")
   for scenario in scenarios:
     if scenario not in SCENARIO_ORDER:
       raise InputError(None, f"--scenarios: {scenario!r} is not valid", f"use some of: {', '.join(SCENARIO_ORDER)}")
@@ -337,7 +524,7 @@ def sweep(scenarios: tuple[str, ...], patches: tuple[int, ...], models: tuple[st
     out.mkdir(parents=True, exist_ok=True)
     lock = files.lock_folder(out, noun="output folder", flag="--out")
   try:
-    results = run_grid(scenarios, patches, models, workdir_root, base)
+    results = run_grid(scenarios, patches, models, workdir_root, base, jobs)
     written = write_results(results, out, scenarios, patches, models)
   finally:
     if lock is not None:
@@ -349,7 +536,7 @@ def sweep(scenarios: tuple[str, ...], patches: tuple[int, ...], models: tuple[st
 
 
 def sweep_from_flags(scenarios: list[str], patches: list[str], models: list[str], out: str,
-                     workdir_root: str, base: train.TrainConfig) -> list[Path]:
+                     workdir_root: str, base: train.TrainConfig, jobs: int = 1) -> list[Path]:
   """`launch.sweep`: checks the lists, then runs `sweep`."""
   try:
     patch_sizes = tuple(int(p) for p in patches)
@@ -357,4 +544,4 @@ def sweep_from_flags(scenarios: list[str], patches: list[str], models: list[str]
     raise InputError(None, f"--patches={','.join(patches)} must be integers",
                      f"use some of: {constants.PATCH_SIZES}") from None
   train.maybe_initialize_distributed()
-  return sweep(tuple(scenarios), patch_sizes, tuple(models), out, workdir_root, base)
+  return sweep(tuple(scenarios), patch_sizes, tuple(models), out, workdir_root, base, jobs)

@@ -33,12 +33,16 @@ from flax import jax_utils
 from flax.training import early_stopping, train_state
 from jax import lax
 
+from landslide_jax import tta as tta_lib
 from landslide_jax import constants, files, input_pipeline, loss_weights, metrics, prepare
 from landslide_jax.data import normalization
 from landslide_jax.errors import InputError
 from landslide_jax.models import create_model
 
 AXIS = "batch"
+AUTO_THRESHOLD = "auto"
+# Windows per call when predicting probabilities for scoring (one compiled shape; padded at the end).
+SCORE_BATCH = 16
 CHECKPOINT_DIR = "checkpoints"
 # Where damaged checkpoints are moved (not deleted: they may be worth a look), beside CHECKPOINT_DIR.
 DAMAGED_CHECKPOINT_DIR = "checkpoints.damaged"
@@ -68,7 +72,9 @@ class TrainConfig:
   loss_weights: str = "none"
   # Extra weight of landslide pixels, on top of `loss_weights`.
   pos_weight: float = 1.0
-  threshold: float = 0.5
+  # Probability threshold of the landslide class, or "auto": the F1-best on the validation area with the
+  # best checkpoint (metrics.THRESHOLD_GRID), never chosen on test. Validation is monitored at 0.5 then.
+  threshold: float | str = 0.5
   demo_scale: float = 1.0
   # Training steps per device dispatch (a lax.scan over batches of device-resident data); 0 = auto:
   # 1 on CPU, where dispatch is cheap next to a step, 32 on GPU/TPU, where batch-4 steps are tiny.
@@ -76,6 +82,9 @@ class TrainConfig:
   # Compute dtype of the model: float32 (default, reproducible) or bfloat16 (mixed precision: params,
   # optimiser state, loss and BatchNorm statistics stay float32).
   compute_dtype: str = "float32"
+  # Models trained together in one vmapped program (seeds seed, seed + 1, ...), each with its own
+  # initialisation, data order, early stopping and checkpoints (multi_seed.py); 1 = a single run.
+  seeds: int = 1
 
   def resolved_workdir(self) -> Path:
     return Path(self.workdir or f"runs/{self.scenario}-{self.model}-p{self.patch}")
@@ -178,6 +187,46 @@ def train_steps(state: TrainState, data: dict, indices: jax.Array, keep: jax.Arr
     state, out = train_step(state, batch)
     return state, out["loss"]
   return lax.scan(body, state, (indices, keep))
+
+
+def monitor_threshold(config: TrainConfig) -> float:
+  """The threshold of the validation scores logged each epoch: the run's, or 0.5 with "auto" (chosen
+  only once training has picked its best checkpoint)."""
+  return 0.5 if config.threshold == AUTO_THRESHOLD else float(config.threshold)
+
+
+@functools.partial(jax.jit, static_argnames=("tta",))
+def probabilities(state: TrainState, images: jax.Array, tta: bool = False) -> jax.Array:
+  """Landslide probabilities (N, P, P) of normalised images (N, P, P, C); with `tta` the mean over the
+  8 rotations and flips of each window (tta.dihedral_mean)."""
+  def predict(x):
+    logits, _ = apply_model(state, state.params, x, train=False)
+    return jax.nn.sigmoid(logits[..., 0].astype(jnp.float32))
+  return tta_lib.dihedral_mean(predict, images) if tta else predict(images)
+
+
+def split_probabilities(state: TrainState, images: np.ndarray, tta: bool = False,
+                        batch_size: int = SCORE_BATCH) -> np.ndarray:
+  """`probabilities` of a whole split on this process's first device, in batches of one shape.
+
+  No collective: every process of a multi-host run computes the same values, so scores that need whole
+  maps (objects, thresholds) are computed alike everywhere.
+  """
+  out = [np.zeros((0, *images.shape[1:3]), np.float32)]
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+    out.append(np.asarray(probabilities(state, padded, tta))[:len(chunk)])
+  return np.concatenate(out)
+
+
+def choose_threshold(probs: np.ndarray, validation: input_pipeline.SplitData) -> dict:
+  """The F1-best threshold on the validation split (metrics.THRESHOLD_GRID), its validation F1 and the
+  validation F1 at 0.5."""
+  rows = metrics.threshold_scores(probs, validation.mask[..., 0], validation.valid[..., 0])
+  best = metrics.best_threshold(rows)
+  at_half = metrics.threshold_scores(probs, validation.mask[..., 0], validation.valid[..., 0], (0.5,))[0]
+  return {"threshold": best["threshold"], "validation_f1": best["f1"], "validation_f1_at_0.5": at_half["f1"]}
 
 
 def replicate(tree):
@@ -289,8 +338,9 @@ def check_config(config: TrainConfig) -> None:
   if not math.isfinite(config.learning_rate):
     raise InputError(None, f"--learning_rate={config.learning_rate} is not finite",
                      "pass e.g. --learning_rate=0.001")
-  if not 0.0 < config.threshold < 1.0:
-    raise InputError(None, f"--threshold={config.threshold} is not strictly between 0 and 1",
+  if config.threshold != AUTO_THRESHOLD and not (isinstance(config.threshold, (int, float))
+                                                 and 0.0 < config.threshold < 1.0):
+    raise InputError(None, f"--threshold={config.threshold} is not strictly between 0 and 1 (or auto)",
                      "pass e.g. --threshold=0.5")
   if not (math.isfinite(config.pos_weight) and config.pos_weight > 0):
     raise InputError(None, f"--pos_weight={config.pos_weight} is not a finite number > 0",
@@ -300,6 +350,10 @@ def check_config(config: TrainConfig) -> None:
                      "pass e.g. --min_delta=0")
   if not 0 <= config.seed < 2**63:  # numpy refuses negative seeds, jax.random.key ones beyond int64
     raise InputError(None, f"--seed={config.seed} is outside [0, 2**63)", "pass e.g. --seed=0")
+  if not 1 <= config.seeds <= 64 or config.seed + config.seeds > 2**63:
+    raise InputError(None, f"--seeds={config.seeds} is not a number of models in 1..64 (with --seed="
+                     f"{config.seed} they use seeds {config.seed}..{config.seed + config.seeds - 1})",
+                     "pass e.g. --seeds=3")
 
 
 def dataset_root(config: TrainConfig, data_dir: str | os.PathLike | None = None) -> Path:
@@ -354,6 +408,8 @@ def ensure_datasets(config: TrainConfig) -> dict[str, dict]:
 # their input hash instead).
 RESUMABLE_OPTIONS = ("max_epochs", "patience")
 _LOCATION_OPTIONS = ("workdir", "data_dir", "manual_dir", "steps_per_dispatch")
+# Options added after runs were made, with the value those runs had.
+ADDED_OPTION_DEFAULTS = {"seeds": 1}
 
 
 def _as_saved(value):
@@ -391,6 +447,8 @@ def check_run_matches(config: TrainConfig) -> dict | None:
   except (KeyError, TypeError):
     raise InputError(path, "is not a config.json this version of landslide_jax wrote (it lacks 'flags' "
                      "or 'datasets': another version's, or not a run's)", fix) from None
+  # Runs made before an option existed were made with its default.
+  flags = {**ADDED_OPTION_DEFAULTS, **flags}
   wanted = dataclasses.asdict(config)
   # Options added since that run was made are fine where they change nothing computed (where things
   # live, how steps are dispatched); another version's options unknown here cannot be honoured.
@@ -713,14 +771,34 @@ def train_and_evaluate(config: TrainConfig) -> dict:
   check_config(config)
   lock = _WorkdirLock(config.resolved_workdir())
   try:
+    if config.seeds > 1:
+      from landslide_jax import multi_seed  # pylint: disable=import-outside-toplevel  (imports train)
+      return multi_seed.train_seeds(config, lock)
     return _train_and_evaluate(config, lock)
   finally:
     lock.release()  # on success, on an exception, on Ctrl-C; the kernel drops it on a kill
 
 
-def _train_and_evaluate(config: TrainConfig, lock: _WorkdirLock) -> dict:
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+@dataclasses.dataclass
+class RunInputs:
+  """What a run trains on, read once: datasets (built if missing), their records and normalisation,
+  the normalised train and validation splits and their loss weight maps."""
+  data_dir: Path
+  datasets: dict[str, dict]
+  stats: normalization.ChannelStats
+  data: dict[str, input_pipeline.SplitData]
+  weights: dict[str, np.ndarray]
 
+  def write_config(self, config: TrainConfig) -> None:
+    """`<workdir>/config.json`: the options, datasets and the normalisation statistics, which travel
+    with the run so that evaluation and prediction normalise exactly as training did."""
+    _write_json(config.resolved_workdir() / "config.json",
+                {**_run_config(config, self.datasets), "normalization": self.stats.to_json()})
+
+
+def open_run(config: TrainConfig, lock: _WorkdirLock) -> RunInputs:
+  """Checks the workdir holds this experiment (or nothing), builds missing datasets, makes the workdir,
+  writes its config.json and reads the training data."""
   workdir = config.resolved_workdir()
   lock.take()  # an existing run folder: before reading or writing anything in it
   check_run_matches(config)  # before building anything: another experiment's folder is refused now
@@ -731,31 +809,29 @@ def _train_and_evaluate(config: TrainConfig, lock: _WorkdirLock) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   lock.take()  # a new run folder: before writing into it
   stats = input_pipeline.scenario_normalization(config.scenario, config.patch, config.channels, data_dir)
-  # The statistics travel with the run: evaluation and prediction normalise exactly as training did.
-  _write_json(workdir / "config.json", {**_run_config(config, datasets), "normalization": stats.to_json()})
   data = input_pipeline.load_training_data(config.scenario, config.patch, config.channels, data_dir,
                                            stats)
   # Loss weight maps, once per run: class weights from the training split, applied to validation too.
   class_weight = loss_weights.class_weights(data["train"].mask, data["train"].valid)
   weights = {split: pixel_weights(data[split], config, class_weight) for split in data}
-  pos_weight = config.pos_weight
+  inputs = RunInputs(data_dir, datasets, stats, data, weights)
+  inputs.write_config(config)
+  return inputs
 
-  model = build_model(config)
-  state = create_train_state(jax.random.key(config.seed), model,
-                             (1, config.patch, config.patch, len(config.channels)), config)
-  stopper = early_stopping.EarlyStopping(min_delta=config.min_delta, patience=config.patience)
-  manager, restored = restore_latest(workdir, checkpoint_item(state, 0, stopper, pos_weight))
-  start_epoch = 0
-  if restored is not None:
-    state, start_epoch = restored["state"], int(restored["epoch"])
-    es = restored["early_stopping"]
-    stopper = stopper.replace(best_metric=float(es["best_metric"]),
-                              patience_count=int(es["patience_count"]),
-                              should_stop=bool(es["should_stop"]))
-    print(f"resuming from epoch {start_epoch} in {workdir}", flush=True)
+
+def _train_and_evaluate(config: TrainConfig, lock: _WorkdirLock) -> dict:
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+  workdir = config.resolved_workdir()
+  inputs = open_run(config, lock)
+  data, weights, pos_weight = inputs.data, inputs.weights, config.pos_weight
+
+  template = initial_state(config)
+  manager, state, start_epoch, stopper = resume(config, template)
 
   p_train_step = jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,))
-  p_eval_step = jax.pmap(functools.partial(eval_step, threshold=config.threshold), axis_name=AXIS)
+  p_eval_step = jax.pmap(functools.partial(eval_step, threshold=monitor_threshold(config)),
+                         axis_name=AXIS)
   per_dispatch = resolved_steps_per_dispatch(config)
   if per_dispatch > 1:
     # The training split stays on the device; each dispatch only sends indices.
@@ -765,7 +841,7 @@ def _train_and_evaluate(config: TrainConfig, lock: _WorkdirLock) -> dict:
                           "valid": train_split.valid, "weight": weights["train"]})
   logger = _Logger(workdir, start_epoch)
   replicated = replicate(state)
-  epoch, diverged = start_epoch, None
+  epoch, diverged, checkpoint_bytes = start_epoch, None, None
   while epoch < config.max_epochs and not stopper.should_stop:
     epoch += 1
     start = time.time()
@@ -802,33 +878,80 @@ def _train_and_evaluate(config: TrainConfig, lock: _WorkdirLock) -> dict:
       break
     val = evaluate(p_eval_step, replicated, data["validation"], config, weights["validation"])
     stopper = update_early_stopping(stopper, val["loss"])
-    record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
-              "val_precision": val["precision"], "val_recall": val["recall"], "val_f1": val["f1"],
-              "seconds": round(time.time() - start, 2)}
-    logger.log(record)
-    if jax.process_index() == 0:
-      print(f"epoch {epoch:3d}  train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
-            f"val P/R/F1 {val['precision']:.3f}/{val['recall']:.3f}/{val['f1']:.3f}"
-            f"{'  *best*' if stopper.has_improved else ''}  ({record['seconds']:.1f} s)", flush=True)
-    item = checkpoint_item(jax_utils.unreplicate(replicated), epoch, stopper, pos_weight)
-    # Every epoch: other jobs fill shared disks too. Refused here, the run stops between checkpoints
-    # and resumes from the last one once there is room.
-    files.require_free_space(workdir, sum(np.asarray(x).nbytes for x in jax.tree.leaves(item)),
-                             f"the epoch {epoch} checkpoint", "--workdir")
-    manager.save(epoch, args=ocp.args.StandardSave(item), metrics={"val_loss": val["loss"]})
-  manager.wait_until_finished()
+    log_epoch(logger, epoch, train_loss, val, stopper, time.time() - start)
+    checkpoint_bytes = save_checkpoint(manager, workdir, jax_utils.unreplicate(replicated), epoch, stopper,
+                                       pos_weight, val["loss"], checkpoint_bytes)
   logger.close()
+  return finish_run(config, manager, template, stopper, inputs, epoch, diverged)
+
+
+def initial_state(config: TrainConfig, seed: int | None = None) -> TrainState:
+  """The run's model and optimiser, initialised from `seed` (default: the run's)."""
+  return create_train_state(jax.random.key(config.seed if seed is None else seed), build_model(config),
+                            (1, config.patch, config.patch, len(config.channels)), config)
+
+
+def resume(config: TrainConfig, template: TrainState, label: str = ""
+           ) -> tuple[ocp.CheckpointManager, TrainState, int, early_stopping.EarlyStopping]:
+  """Opens the workdir's checkpoints: (manager, state, epochs done, early-stopping state), restored from
+  the latest usable checkpoint or fresh (`template`, 0) when there is none."""
+  workdir = config.resolved_workdir()
+  stopper = early_stopping.EarlyStopping(min_delta=config.min_delta, patience=config.patience)
+  manager, restored = restore_latest(workdir, checkpoint_item(template, 0, stopper, config.pos_weight))
+  if restored is None:
+    return manager, template, 0, stopper
+  es = restored["early_stopping"]
+  stopper = stopper.replace(best_metric=float(es["best_metric"]), patience_count=int(es["patience_count"]),
+                            should_stop=bool(es["should_stop"]))
+  print(f"{label}resuming from epoch {int(restored['epoch'])} in {workdir}", flush=True)
+  return manager, restored["state"], int(restored["epoch"]), stopper
+
+
+def log_epoch(logger: "_Logger", epoch: int, train_loss: float, val: dict,
+              stopper: early_stopping.EarlyStopping, seconds: float, label: str = "") -> None:
+  """One epoch's record into metrics.jsonl and TensorBoard, and its line in the job log."""
+  record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
+            "val_precision": val["precision"], "val_recall": val["recall"], "val_f1": val["f1"],
+            "seconds": round(seconds, 2)}
+  logger.log(record)
+  if jax.process_index() == 0:
+    print(f"{label}epoch {epoch:3d}  train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
+          f"val P/R/F1 {val['precision']:.3f}/{val['recall']:.3f}/{val['f1']:.3f}"
+          f"{'  *best*' if stopper.has_improved else ''}  ({record['seconds']:.1f} s)", flush=True)
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, workdir: Path, state: TrainState, epoch: int,
+                    stopper: early_stopping.EarlyStopping, pos_weight: float, val_loss: float,
+                    checkpoint_bytes: int | None) -> int:
+  """Saves an epoch's checkpoint after checking the disk has room for it; returns its size in bytes
+  (pass it back: it is the same every epoch)."""
+  item = checkpoint_item(state, epoch, stopper, pos_weight)
+  if checkpoint_bytes is None:
+    checkpoint_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(item))
+  # Every epoch: other jobs fill shared disks too. Refused here, the run stops between checkpoints and
+  # resumes from the last one once there is room.
+  files.require_free_space(workdir, checkpoint_bytes, f"the epoch {epoch} checkpoint", "--workdir")
+  manager.save(epoch, args=ocp.args.StandardSave(item), metrics={"val_loss": val_loss})
+  return checkpoint_bytes
+
+
+def finish_run(config: TrainConfig, manager: ocp.CheckpointManager, template: TrainState,
+               stopper: early_stopping.EarlyStopping, inputs: RunInputs, epoch: int,
+               diverged: int | None, label: str = "") -> dict:
+  """After the last epoch: scores the best checkpoint (`evaluate_checkpoint`), writes metrics.json and
+  prints the test table; closes `manager`."""
+  workdir = config.resolved_workdir()
+  manager.wait_until_finished()
   if stopper.should_stop and jax.process_index() == 0:
-    print(f"early stopping after epoch {epoch} (best val_loss {stopper.best_metric:.4f})", flush=True)
+    print(f"{label}early stopping after epoch {epoch} (best val_loss {stopper.best_metric:.4f})", flush=True)
   if not math.isfinite(stopper.best_metric):
     manager.close()
     raise InputError(workdir, "no epoch reached a finite validation loss"
                      + (f" (training diverged at epoch {diverged})" if diverged else ""),
                      "lower --learning_rate, check the inputs for extreme values, and retrain in a new "
                      "--workdir")
-
-  result = evaluate_checkpoint(config, manager, state, stopper, pos_weight, stats, p_eval_step,
-                               data_dir)
+  result = evaluate_checkpoint(config, manager, template, stopper, config.pos_weight, inputs.stats,
+                               inputs.data["validation"], inputs.data_dir)
   if diverged is not None:
     result["stopped"] = f"training loss non-finite at epoch {diverged}"
   _write_json(workdir / "metrics.json", result)
@@ -838,9 +961,11 @@ def _train_and_evaluate(config: TrainConfig, lock: _WorkdirLock) -> dict:
   return result
 
 
-def evaluate_checkpoint(config, manager, template_state, stopper, pos_weight, stats, p_eval_step,
-                        data_dir) -> dict:
-  """Scores the best checkpoint on each test set, with each set's coverage of its test area."""
+def evaluate_checkpoint(config, manager, template_state, stopper, pos_weight, stats,
+                        validation: input_pipeline.SplitData, data_dir) -> dict:
+  """Scores the best checkpoint on each test set: pixel scores with each set's coverage of its test
+  area, and object scores. The threshold is the run's, or with "auto" the F1-best on `validation`;
+  scores at 0.5 and at the validation-chosen threshold are both kept (`test_by_threshold`)."""
   best = manager.best_step()
   _ignore_late_restore_callbacks()
   try:
@@ -853,21 +978,51 @@ def evaluate_checkpoint(config, manager, template_state, stopper, pos_weight, st
                      f"restored ({_short(err)})", f"score another one with python -m launch.evaluate "
                      f"--workdir={workdir} --checkpoint=latest, or delete {workdir / CHECKPOINT_DIR} to "
                      "train again") from None
-  replicated = jax_utils.replicate(restored["state"])
-  tests = {}
+  state = restored["state"]
+  replicated = jax_utils.replicate(state)
+  choice = choose_threshold(split_probabilities(state, validation.image), validation)
+  threshold = choice["threshold"] if config.threshold == AUTO_THRESHOLD else float(config.threshold)
+  p_eval_step = jax.pmap(functools.partial(eval_step, threshold=threshold), axis_name=AXIS)
+  tests, by_threshold = {}, {"0.5": {}, "validation": {}}
+  probs, parts = {}, {}
   for test_set in input_pipeline.test_sets(config.scenario):
-    data = input_pipeline.load_test_data(test_set, config.patch, config.channels, data_dir, stats)
     expected = input_pipeline.area_pixels(test_set, "test", config.patch, config.channels, data_dir)
-    tests[test_set] = evaluate(p_eval_step, replicated, data, config, expected_pixels=expected)
+    if test_set == "all":
+      data = input_pipeline.SplitData.concatenate([parts[s] for s in constants.SITE_NAMES])
+      test_probs = np.concatenate([probs[s] for s in constants.SITE_NAMES])
+    else:
+      data = input_pipeline.load_test_data(test_set, config.patch, config.channels, data_dir, stats)
+      test_probs = probs[test_set] = split_probabilities(state, data.image)
+      parts[test_set] = data
+    areas = input_pipeline.pixel_areas_m2(test_set, config.patch, config.channels, data_dir)
+
+    def scored(t, data=data, test_probs=test_probs, expected=expected, areas=areas):
+      return metrics.split_report(test_probs, data.mask[..., 0], data.valid[..., 0], data.row, data.col,
+                                  data.site, t, areas, expected)
+    # Pixel counts and loss through the pmapped step (every device, every process); objects need whole
+    # maps, so they come from this process's probabilities (the same model and threshold).
+    tests[test_set] = {**evaluate(p_eval_step, replicated, data, config,
+                                  expected_pixels=expected),
+                       "objects": scored(threshold)["objects"]}
+    by_threshold["0.5"][test_set] = scored(0.5)
+    by_threshold["validation"][test_set] = scored(choice["threshold"])
   return {"scenario": config.scenario, "model": config.model, "patch": config.patch,
-          "best_epoch": int(best), "threshold": config.threshold,
-          "loss_weights": config.loss_weights, "test": tests}
+          "best_epoch": int(best), "threshold": threshold,
+          "threshold_from": "validation" if config.threshold == AUTO_THRESHOLD else "flag",
+          "validation_threshold": choice, "loss_weights": config.loss_weights, "test": tests,
+          "test_by_threshold": by_threshold}
 
 
 def format_test_table(result: dict) -> str:
   """The test scores as a small table, one row per test set."""
-  return metrics.format_scores(f"test scores of {result['scenario']}-{result['model']}-p{result['patch']} "
-                               f"(best epoch {result['best_epoch']}):", result["test"])
+  choice = result["validation_threshold"]
+  return "\n".join([
+      metrics.format_scores(f"test scores of {result['scenario']}-{result['model']}-p{result['patch']} "
+                            f"(best epoch {result['best_epoch']}, threshold {result['threshold']:g} from "
+                            f"{result['threshold_from']}):", result["test"]),
+      f"F1-best threshold on the validation area: {choice['threshold']:g} (validation F1 "
+      f"{choice['validation_f1']:.3f}, {choice['validation_f1_at_0.5']:.3f} at 0.5); test scores at 0.5 "
+      "and at it are in metrics.json (test_by_threshold)"])
 
 
 def train_from_flags(channels: str, **kwargs) -> dict:

@@ -24,3 +24,11 @@ def _started_as_launcher() -> bool:
 # A shell starts background jobs (`cmd &` in a script) with SIGINT ignored: they stay deaf to it.
 if _started_as_launcher() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
   signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+
+# `launch.sweep --jobs=N` gives each of its training processes a share of the cores (landslide_jax.sweep
+# job_slots). Applied here, before jax starts: XLA sizes its CPU thread pool from the cores this process
+# may run on, so N processes then use N disjoint shares instead of N pools of every core.
+_CORES = os.environ.get("LANDSLIDE_JAX_CORES")
+if _CORES and _started_as_launcher():
+  os.sched_setaffinity(0, {int(core) for core in _CORES.split(",")})

@@ -18,7 +18,10 @@ _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
 _OVERLAP = flags.DEFINE_float("overlap", 0.5, "Share of a window overlapping its neighbour.")
 _BLEND = flags.DEFINE_enum("blend", "cosine", list(predict.BLENDS), "Window weights.")
-_THRESHOLD = flags.DEFINE_float("threshold", None, "Probability threshold (default: the run's).")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Probability threshold (default: the run's; for a run "
+                                 "trained with --threshold=auto, the one it chose on validation).")
+_TTA = flags.DEFINE_bool("tta", False, "Test-time augmentation: each window's probabilities are the mean "
+                         "over its 8 rotations and flips (8x the model's work).")
 _MIN_AREA = flags.DEFINE_float("min_area_m2", predict.DEFAULT_MIN_AREA_M2,
                                "Minimum mapping unit: polygons smaller than this (m2) are dropped; 0 keeps all.")
 _BLOCK = flags.DEFINE_integer("block", 1024, "Block side in pixels read at once (memory, not results).")
@@ -40,7 +43,7 @@ def main(argv):
       _WORKDIR.value, _SCENE.value, _DEM.value, _OUT.value, checkpoint=_CHECKPOINT.value,
       overlap=_OVERLAP.value, blend=_BLEND.value, threshold=_THRESHOLD.value,
       min_area_m2=_MIN_AREA.value, block=_BLOCK.value, s2_add_offset=_S2_ADD_OFFSET.value,
-      aoi=_AOI.value, cloud_mask=_CLOUD_MASK.value))
+      aoi=_AOI.value, cloud_mask=_CLOUD_MASK.value, tta=_TTA.value))
 
 
 if __name__ == "__main__":

@@ -16,10 +16,16 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Raw inputs; omit for the demo scenes.")
 _DEMO_SCALE = flags.DEFINE_float("demo_scale", 1.0, "Area of the demo scenes relative to the paper's sites.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of every run.")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per run, trained together in one vmapped program "
+                              "(--seed, --seed + 1, ...); tables give their mean.")
+_JOBS = flags.DEFINE_integer("jobs", 1, "Trainings at a time: one per GPU, or processes sharing the CPU "
+                             "cores equally.")
 _LOSS_WEIGHTS = flags.DEFINE_string("loss_weights", "none", "Pixel loss weights of every run: none | class | unet.")
 
 # Checked at parsing, before any run folder is made.
 cli.check_seed(_SEED)
+cli.check_positive(_SEEDS, example=3)
+cli.check_positive(_JOBS, example=2)
 cli.check_positive(_DEMO_SCALE)
 for _folder in (_OUT, _WORKDIR, _DATA_DIR):
   cli.check_folder(_folder)
@@ -36,7 +42,7 @@ def main(argv):
       workdir_root=_WORKDIR.value, base=train.TrainConfig(
           max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value, data_dir=_DATA_DIR.value,
           manual_dir=_MANUAL_DIR.value, demo_scale=_DEMO_SCALE.value, seed=_SEED.value,
-          loss_weights=_LOSS_WEIGHTS.value)), resumable=True)
+          loss_weights=_LOSS_WEIGHTS.value, seeds=_SEEDS.value), jobs=_JOBS.value), resumable=True)
 
 
 if __name__ == "__main__":

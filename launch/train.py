@@ -27,12 +27,18 @@ _MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 200, "Upper bound on epochs.")
 _PATIENCE = flags.DEFINE_integer("patience", 10, "Epochs without validation-loss improvement before stopping.")
 _MIN_DELTA = flags.DEFINE_float("min_delta", 0.0, "Smallest validation-loss decrease counted as improvement.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of initialisation and data order.")
+_SEEDS = flags.DEFINE_integer(
+    "seeds", 1, "Models trained together in one vmapped program, with seeds --seed, --seed + 1, ...: each "
+    "with its own early stopping and checkpoints in <workdir>/seed_<s>/; metrics.json gives every seed "
+    "and the mean +- std.")
 _LOSS_WEIGHTS = flags.DEFINE_string(
     "loss_weights", "none", "Pixel loss weights: none | class (class balance only) | unet (the paper's: "
     "class balance + border term of Ronneberger et al. 2015). README 'Loss weights, measured' says why "
     "none is the default.")
 _POS_WEIGHT = flags.DEFINE_float("pos_weight", 1.0, "Extra loss weight of landslide pixels (x loss_weights).")
-_THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Probability threshold for the landslide class.")
+_THRESHOLD = flags.DEFINE_string(
+    "threshold", "0.5", "Probability threshold for the landslide class, or auto: the F1-best on the "
+    "validation area (never on test). Scores at 0.5 and at the validation-best are reported either way.")
 _DEMO_SCALE = flags.DEFINE_float("demo_scale", 1.0, "Area of the demo scenes relative to the paper's sites.")
 _STEPS_PER_DISPATCH = flags.DEFINE_integer(
     "steps_per_dispatch", 0, "Train steps per device call (lax.scan over device-resident data); "
@@ -41,10 +47,11 @@ _COMPUTE_DTYPE = flags.DEFINE_string("compute_dtype", "float32", "float32 | bflo
 
 # Values that would train something meaningless (or fail late) stop at parsing, before any folder is made.
 cli.check_positive(_LR)
-cli.check_probability(_THRESHOLD)
+cli.check_threshold(_THRESHOLD)
 cli.check_positive(_POS_WEIGHT)
 cli.check_non_negative(_MIN_DELTA)
 cli.check_seed(_SEED)
+cli.check_positive(_SEEDS, example=3)
 cli.check_positive(_DEMO_SCALE)
 for _folder in (_WORKDIR, _DATA_DIR):
   cli.check_folder(_folder)
@@ -61,8 +68,9 @@ def main(argv):
       scenario=_SCENARIO.value, patch=_PATCH.value, model=_MODEL.value, workdir=_WORKDIR.value,
       data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value, channels=_CHANNELS.value,
       batch_size=_BATCH.value, learning_rate=_LR.value, max_epochs=_MAX_EPOCHS.value,
-      patience=_PATIENCE.value, min_delta=_MIN_DELTA.value, seed=_SEED.value,
-      pos_weight=_POS_WEIGHT.value, loss_weights=_LOSS_WEIGHTS.value, threshold=_THRESHOLD.value,
+      patience=_PATIENCE.value, min_delta=_MIN_DELTA.value, seed=_SEED.value, seeds=_SEEDS.value,
+      pos_weight=_POS_WEIGHT.value, loss_weights=_LOSS_WEIGHTS.value,
+      threshold=cli.threshold_value(_THRESHOLD.value),
       demo_scale=_DEMO_SCALE.value, steps_per_dispatch=_STEPS_PER_DISPATCH.value,
       compute_dtype=_COMPUTE_DTYPE.value), resumable=True)
 

@@ -25,7 +25,7 @@ import rasterio
 from rasterio.crs import CRS
 from sklearn import metrics as skm
 
-from landslide_jax import constants, evaluate, input_pipeline, train
+from landslide_jax import constants, evaluate, input_pipeline, metrics, train
 from landslide_jax.data import normalization
 from landslide_jax.errors import InputError
 from tests import conftest, run_fixtures
@@ -225,7 +225,7 @@ def test_cli_threshold_and_sweep_flags(env, evaluated, predicted, tmp_path):
       cwd=ROOT, env=run_fixtures.subprocess_env(env.cache), capture_output=True, text=True,
       timeout=SUBPROCESS_TIMEOUT, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "precision-recall sweep, china:" in proc.stdout
+  assert "precision-recall sweep on the china test set (a diagnostic" in proc.stdout
   # A subset at another threshold gets its own file, named by what differs, and says where it went.
   written = run_fixtures.read_json(view / "eval" / "metrics_china-all_t0.3.json")
   assert f"wrote {view / 'eval' / 'metrics_china-all_t0.3.json'} and the maps of china" in proc.stdout
@@ -297,6 +297,136 @@ def test_maps_are_georeferenced_and_stitch_the_windows(env, evaluated, predicted
   assert quicklook.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   image = matplotlib.image.imread(quicklook)
   assert image.ndim == 3 and image.shape[2] in (3, 4) and min(image.shape[:2]) > 100
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Object scores, thresholds chosen on validation, test-time augmentation
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_object_scores_equal_a_count_on_the_written_maps(env, evaluated, site):
+  """Objects counted from what a user opens in QGIS: the binary GeoTIFF and the inventory polygons
+  burnt onto the site grid, cropped to the test area; neither path goes through the windows."""
+  result, _ = evaluated
+  metadata = normalization.read_metadata(
+      input_pipeline.dataset_dir(site, run_fixtures.PATCH, run_fixtures.CHANNEL_TUPLE, env.data_dir))
+  area = metadata["areas"]["test"]
+  site_transform = affine.Affine(*metadata["grid"]["transform"])
+  r0 = round((area["transform"][5] - site_transform.f) / site_transform.e)
+  c0 = round((area["transform"][2] - site_transform.c) / site_transform.a)
+  h, w = area["shape"]
+  truth = run_fixtures.inventory_mask(env.raw / site)[r0:r0 + h, c0:c0 + w]
+  with rasterio.open(result["maps"][site]["landslides"]) as src:
+    binary = src.read(1)
+  pixel_area = abs(site_transform.a * site_transform.e)
+  expected = metrics.object_counts(binary == 1, truth, binary != 255, pixel_area)
+  objects = result["test"][site]["objects"]
+  assert {k: objects[k] for k in expected} == expected
+  assert objects["counted_within"] == "map" and objects["min_cover"] == metrics.DEFAULT_MIN_COVER
+  assert expected["landslides"] > 0  # the fixture's test areas hold landslide boxes
+  # The training run scored the same checkpoint at the same threshold: the same objects.
+  assert env.train_metrics["test"][site]["objects"] == objects
+
+
+def test_all_objects_add_the_sites_objects(evaluated):
+  result, _ = evaluated
+  total = metrics.add_object_counts([result["test"][s]["objects"] for s in SITES])
+  assert {k: result["test"]["all"]["objects"][k] for k in total} == total
+
+
+def _validation(env, run):
+  return input_pipeline.load_scenario_split(run.config.scenario, run.config.patch, "validation",
+                                            run.config.channels, env.data_dir, run.stats)
+
+
+def test_auto_threshold_is_the_f1_best_on_validation_only(env, evaluated, tmp_path):
+  view = _linked_run(env.workdir, tmp_path / "view")
+  result = evaluate.evaluate_run(view, threshold="auto", write_maps=False)
+  run = evaluate.load_run(env.workdir, "best")
+  validation = _validation(env, run)
+  probs = run.predict(validation.image)
+  valid = validation.valid[..., 0].astype(bool)
+  truth = validation.mask[..., 0][valid]
+  # scikit-learn F1 at every threshold of the grid, on validation pixels only.
+  f1 = {t: skm.f1_score(truth, probs[valid] > t, zero_division=0) for t in metrics.THRESHOLD_GRID}
+  best = max(f1.values())
+  chosen = result["validation_threshold"]["threshold"]
+  assert result["threshold"] == chosen and f1[chosen] == pytest.approx(best, abs=1e-12)
+  assert result["validation_threshold"]["validation_f1"] == pytest.approx(best, abs=1e-12)
+  assert result["validation_threshold"]["validation_f1_at_0.5"] == pytest.approx(
+      skm.f1_score(truth, probs[valid] > 0.5, zero_division=0), abs=1e-12)
+  assert (view / "eval" / "metrics_tauto.json").is_file()
+  # The training run chose the same one for the same checkpoint and kept the test scores at both.
+  trained = env.train_metrics
+  assert trained["validation_threshold"] == result["validation_threshold"]
+  assert trained["threshold"] == 0.5 and trained["threshold_from"] == "flag"
+  for name in list(SITES) + ["all"]:
+    for key in ("tp", "fp", "fn", "tn"):
+      assert trained["test_by_threshold"]["0.5"][name][key] == trained["test"][name][key]
+      assert trained["test_by_threshold"]["validation"][name][key] == result["test"][name][key]
+
+
+def test_auto_threshold_ignores_the_test_area(env, tmp_path, monkeypatch):
+  """Test images replaced by noise change the test scores, never the threshold."""
+  view = _linked_run(env.workdir, tmp_path / "view")
+  honest = evaluate.evaluate_run(view, ("china",), threshold="auto", write_maps=False)
+  real_load = input_pipeline.load_test_data
+
+  def noisy(*args, **kwargs):
+    data = real_load(*args, **kwargs)
+    noise = np.random.default_rng(0).normal(0, 3000, data.image.shape).astype(np.float32)
+    return dataclasses.replace(data, image=data.image + noise)
+  monkeypatch.setattr(input_pipeline, "load_test_data", noisy)
+  other = evaluate.evaluate_run(view, ("china",), threshold="auto", write_maps=False)
+  assert other["validation_threshold"] == honest["validation_threshold"]
+  assert other["test"]["china"]["f1"] != honest["test"]["china"]["f1"]
+
+
+def test_training_with_auto_threshold_scores_test_at_the_validation_choice(env, tmp_path):
+  workdir = tmp_path / "auto"
+  # Same options and seed as the module's run: the same checkpoints, so the same validation choice.
+  trained = run_fixtures.train_run(env.raw, env.data_dir, workdir, MAX_EPOCHS, threshold="auto")
+  chosen = env.train_metrics["validation_threshold"]["threshold"]
+  assert trained["threshold_from"] == "validation" and trained["threshold"] == chosen
+  for name in list(SITES) + ["all"]:
+    for key in ("tp", "fp", "fn", "tn"):
+      assert trained["test"][name][key] == env.train_metrics["test_by_threshold"]["validation"][name][key]
+  assert run_fixtures.read_json(workdir / "config.json")["flags"]["threshold"] == "auto"
+  run = evaluate.load_run(workdir, "best")
+  assert evaluate.run_threshold(run) == chosen  # what launch.predict maps with
+  latest = evaluate.load_run(workdir, "latest")
+  with pytest.raises(InputError, match="not for 3") as err:
+    evaluate.run_threshold(latest)  # chosen for the best checkpoint, not this one
+  assert "--threshold=<probability>" in str(err.value)
+  # launch.evaluate of an auto run chooses again for the checkpoint it scores: the same here.
+  again = evaluate.evaluate_run(workdir, write_maps=False)
+  assert again["threshold"] == chosen and again["validation_threshold"] == trained["validation_threshold"]
+
+
+def test_tta_scores_the_mean_of_the_eight_views(env, evaluated, tmp_path):
+  view = _linked_run(env.workdir, tmp_path / "view")
+  result = evaluate.evaluate_run(view, ("china",), tta=True, write_maps=False)
+  run = evaluate.load_run(env.workdir, "best")
+  split = input_pipeline.read_split("china", run_fixtures.PATCH, "test", run_fixtures.CHANNEL_TUPLE,
+                                    env.data_dir).normalized(run.stats)
+  views = []
+  for flip in (False, True):
+    for k in range(4):
+      image = np.rot90(split.image, k, axes=(1, 2))
+      image = np.ascontiguousarray(image[:, :, ::-1] if flip else image)
+      out = run.predict(image)
+      views.append(np.rot90(out[:, :, ::-1] if flip else out, -k, axes=(1, 2)))
+  probs = np.mean(views, axis=0)
+  valid = split.valid[..., 0].astype(bool)
+  # Probabilities within float32 round-off of the reference: count only pixels clear of the threshold.
+  clear = valid & (np.abs(probs - 0.5) > 1e-5)
+  expected = _sklearn_scores(split.mask[..., 0][clear].astype(int), (probs[clear] > 0.5).astype(int))
+  got = result["test"]["china"]
+  assert got["tp"] + got["fp"] + got["fn"] + got["tn"] == valid.sum()
+  for key in ("tp", "fp", "fn", "tn"):
+    assert abs(got[key] - expected[key]) <= int((valid & ~clear).sum()), key
+  assert result["tta"] is True and (view / "eval" / "metrics_china_tta.json").is_file()
+  assert got != evaluated[0]["test"]["china"]  # TTA changed the model's calls
 
 
 # ----------------------------------------------------------------------------------------------------------

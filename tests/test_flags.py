@@ -48,6 +48,8 @@ BAD_FLAGS = {
     "train_out_of_range": ("train", ["--learning_rate=inf", "--threshold=1", "--pos_weight=-1"],
                            ["--learning_rate=inf", "--pos_weight=-1", "--threshold=1"], ["> 0"]),
     "train_seed_negative": ("train", ["--seed=-1"], ["--seed=-1"], []),
+    "train_threshold_and_seeds": ("train", ["--threshold=often", "--seeds=0"], ["--threshold=often", "--seeds=0"],
+                                  ["probability or auto", "--threshold=auto", "> 0"]),
     "train_workdir_is_a_file": ("train", ["--workdir={file}"], ["--workdir"], ["is a file, not a folder"]),
     "evaluate_bad_values": ("evaluate", ["--workdir={file}", "--threshold=nan", "--data_dir={file}/tfds"],
                             ["--workdir", "--data_dir", "--threshold=nan"],
@@ -66,6 +68,7 @@ BAD_FLAGS = {
                               ["no such flag", "did you mean --overwrite?"]),
     "prepare_positional_argument": ("prepare", ["japan"], [], ["unexpected argument 'japan'"]),
     "sweep_seed_negative": ("sweep", ["--seed=-1"], ["--seed=-1"], []),
+    "sweep_jobs_and_seeds_zero": ("sweep", ["--jobs=0", "--seeds=0"], ["--jobs=0", "--seeds=0"], ["> 0"]),
     "sweep_folders_are_files": ("sweep", ["--out={file}", "--workdir={file}"], ["--out", "--workdir"],
                                 ["is a file, not a folder"]),
 }
@@ -271,9 +274,12 @@ def _has_loaded(pid: int, library: str) -> bool:
 def test_ctrl_c_while_the_launcher_imports_is_one_line_exit_130(tmp_path):
   # Interrupted once jaxlib's first library is loaded: launch/__init__.py has run, and jax, flax, optax,
   # orbax and TFDS are still being imported (seconds). That used to end in a traceback through importlib.
+  # SIGINT as an interactive shell leaves it: a test suite started as a background job (`pytest &` in a
+  # script) passes it on ignored, and an ignored SIGINT is rightly left ignored by the launcher.
   proc = subprocess.Popen([sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run'}",
                            f"--data_dir={tmp_path / 'tfds'}", "--patch=32", "--demo_scale=0.05"],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   deadline = time.monotonic() + 60
   while not (loaded := _has_loaded(proc.pid, "/jaxlib/")) and proc.poll() is None:
     assert time.monotonic() < deadline, "the launcher did not start importing jax within 60 s"

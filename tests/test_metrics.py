@@ -142,3 +142,105 @@ def test_report_gives_int_counts_and_the_four_scores():
   # From a device array, as the pmapped eval step returns them.
   device_counts = jnp.asarray([3.0, 1.0, 2.0, 10.0], jnp.float32)
   assert metrics.report(device_counts) == out
+
+
+# --- object-level scores -------------------------------------------------------------------------------
+
+def _known_objects():
+  """A 40 x 40 map at 100 m^2 per pixel with four landslides and a prediction of known outcome:
+
+  A: 3 x 4 = 12 px (1,200 m^2, small), 8 predicted (67%): detected.
+  B: 5 x 8 = 40 px (4,000 m^2, medium), 16 predicted (40%): missed.
+  C: 12 x 10 = 120 px (12,000 m^2, large), exactly 60 predicted (50%): detected (at least half).
+  D: two 2 x 2 squares touching at a corner = 8 px (800 m^2, small), one object under 8-connectivity;
+     its prediction (4 px, 50%) spills one pixel outside it: one region touching D, detected.
+  False alarms: a 2 x 2 blob and a single pixel away from every landslide.
+  """
+  truth = np.zeros((40, 40), bool)
+  pred = np.zeros((40, 40), bool)
+  truth[1:4, 1:5] = True                  # A
+  pred[1:3, 1:5] = True                   # 8 of 12
+  truth[10:15, 1:9] = True                # B
+  pred[10:12, 1:9] = True                 # 16 of 40
+  truth[20:32, 20:30] = True              # C
+  pred[20:26, 20:30] = True               # 60 of 120
+  truth[1:3, 30:32] = True                # D, upper square
+  truth[3:5, 32:34] = True                # D, lower square touching diagonally
+  pred[1:3, 30:32] = True                 # 4 of 8 ...
+  pred[1, 32] = True                      # ... and one pixel outside D, same region
+  pred[36:38, 2:4] = True                 # false alarm
+  pred[36, 20] = True                     # false alarm
+  return pred, truth, np.ones_like(truth)
+
+
+def test_objects_on_a_hand_made_map_have_the_known_counts():
+  pred, truth, valid = _known_objects()
+  counts = metrics.object_counts(pred, truth, valid, pixel_area_m2=100.0)
+  assert counts == {"landslides": 4, "detected": 3, "regions": 6, "false_alarms": 2,
+                    "by_size": {"<2000 m2": [2, 2], "2000-10000 m2": [1, 0], ">10000 m2": [1, 1]}}
+  report = metrics.object_report(counts)
+  assert report["recall"] == pytest.approx(3 / 4)
+  assert report["precision"] == pytest.approx(4 / 6)
+  assert report["f1"] == pytest.approx(2 * (3 / 4) * (4 / 6) / (3 / 4 + 4 / 6))
+  assert report["recall_by_size"] == {"<2000 m2": 1.0, "2000-10000 m2": 0.0, ">10000 m2": 1.0}
+
+
+def test_object_cover_share_and_pixel_area_are_honoured():
+  pred, truth, valid = _known_objects()
+  strict = metrics.object_counts(pred, truth, valid, pixel_area_m2=100.0, min_cover=0.6)
+  assert strict["detected"] == 1                      # only A (67%) reaches 60%
+  # At 400 m^2 per pixel A (4,800 m^2) and D (3,200 m^2) are medium, B (16,000) and C (48,000) large.
+  coarse = metrics.object_counts(pred, truth, valid, pixel_area_m2=400.0)
+  assert coarse["by_size"] == {"<2000 m2": [0, 0], "2000-10000 m2": [2, 2], ">10000 m2": [2, 1]}
+  assert metrics.object_report(coarse)["recall_by_size"]["<2000 m2"] is None
+
+
+def test_objects_ignore_invalid_pixels():
+  pred, truth, valid = _known_objects()
+  valid = valid.copy()
+  valid[10:15, 1:9] = False          # B under clouds: no longer a landslide to find
+  valid[36:38, 2:4] = False          # a false alarm under clouds: not counted
+  counts = metrics.object_counts(pred, truth, valid, pixel_area_m2=100.0)
+  assert (counts["landslides"], counts["detected"], counts["regions"], counts["false_alarms"]) == (3, 3, 4, 1)
+
+
+def test_empty_maps_score_zero_objects():
+  empty = np.zeros((8, 8), bool)
+  counts = metrics.object_counts(empty, empty, ~empty, pixel_area_m2=100.0)
+  report = metrics.object_report(counts)
+  assert (counts["landslides"], counts["regions"], report["precision"], report["recall"], report["f1"]) == (
+      0, 0, 0.0, 0.0, 0.0)
+
+
+def test_windows_are_stitched_so_a_landslide_cut_by_them_counts_once():
+  pred, truth, valid = _known_objects()
+  p = 8
+  rows, cols = np.meshgrid(np.arange(0, 40, p), np.arange(0, 40, p), indexing="ij")
+  rows, cols = rows.ravel(), cols.ravel()
+
+  def windows(m):
+    return np.stack([m[r:r + p, c:c + p] for r, c in zip(rows, cols)])
+  # Shuffled, as a dataset may hold them, and on a site grid not starting at (0, 0).
+  order = np.random.default_rng(0).permutation(len(rows))
+  counts, unit = metrics.patch_object_counts(
+      windows(pred)[order], windows(truth)[order], windows(valid)[order], rows[order] + 96,
+      cols[order] + 48, np.array(["china"] * len(rows)), {"china": 100.0})
+  assert unit == "map"
+  assert counts == metrics.object_counts(pred, truth, valid, 100.0)
+  # Two sites: counts add up site by site.
+  both, _ = metrics.patch_object_counts(
+      np.concatenate([windows(pred)] * 2), np.concatenate([windows(truth)] * 2),
+      np.concatenate([windows(valid)] * 2), np.concatenate([rows] * 2), np.concatenate([cols] * 2),
+      np.array(["china"] * len(rows) + ["japan"] * len(rows)), {"china": 100.0, "japan": 100.0})
+  assert both == metrics.add_object_counts([counts, counts])
+
+
+def test_windows_that_do_not_tile_one_map_are_scored_one_by_one():
+  pred, truth, valid = _known_objects()
+  # Landslide4Sense-like: two images, both windows at (0, 0). C (rows 20-31) is cut by the 32 px window.
+  wins = [m[None, 0:32, 0:32] for m in (pred, truth, valid)]
+  stacked = [np.concatenate([w, w]) for w in wins]
+  counts, unit = metrics.patch_object_counts(*stacked, np.zeros(2, int), np.zeros(2, int),
+                                             np.array(["l4s", "l4s"]), {"l4s": 100.0})
+  one = metrics.object_counts(*(w[0] for w in wins), pixel_area_m2=100.0)
+  assert unit == "window" and counts == metrics.add_object_counts([one, one])

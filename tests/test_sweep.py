@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,11 +88,12 @@ def test_scenario_tables_hold_the_runs_scores(swept, scenario):
   out, texts, metrics = swept
   stem = TABLES[scenario]
   header = ["model", "patch"] + [f"{t} {m}" for t in ("taiwan", "china", "japan", "all")
-                                 for m in ("P", "R", "F1")]
+                                 for m in ("P", "R", "F1", "object F1")]
   expected_row = ["U-Net", "32"]
   for test_set in ("taiwan", "china", "japan", "all"):
     scores = metrics[scenario]["test"][test_set]
     expected_row += [f"{scores[k]:.3f}" for k in ("precision", "recall", "f1")]
+    expected_row.append(f"{scores['objects']['f1']:.3f}")
   assert list(csv.reader(io.StringIO(texts[f"{stem}.csv"]))) == [header, expected_row]
 
   lines = texts[f"{stem}.md"].splitlines()
@@ -346,3 +348,96 @@ def test_missing_runs_read_nan_and_do_not_crash(tmp_path):
   assert "| china | U-Net | n/a | n/a | n/a | n/a |" in lines
   assert "| china | n/a | n/a | n/a | n/a |" in lines  # transferability row
   assert not any("nan" in ln or "0.000" in ln for ln in lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --jobs: concurrent trainings
+
+
+def test_parallel_jobs_give_the_sequential_grids_scores(env, swept, tmp_path, monkeypatch):
+  """The same grid trained by 2 concurrent launch.train processes (1 core each) scores exactly as the
+  module's sequential sweep: the processes are independent runs."""
+  _, _, sequential = swept
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(env.root.parent / "jax_cache"))
+  results = sweep.run_grid(SCENARIOS, PATCHES, MODELS, tmp_path / "runs", env.base, jobs=2)
+  for scenario in SCENARIOS:
+    got = results[(scenario, "unet", run_fixtures.PATCH)]
+    for test_set, scores in got["test"].items():
+      for key in ("tp", "fp", "fn", "tn"):
+        assert scores[key] == sequential[scenario]["test"][test_set][key], (scenario, test_set, key)
+    log = (tmp_path / "runs" / f"{scenario}-unet-p{run_fixtures.PATCH}.log").read_text()
+    assert "test scores of" in log
+
+
+def test_job_slots_share_the_cores_and_refuse_more_jobs_than_cores(monkeypatch):
+  monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+  slots = sweep.job_slots(2)
+  assert [s["LANDSLIDE_JAX_CORES"] for s in slots] == ["0,1,2", "3,4"]
+  with pytest.raises(InputError, match="--jobs=6 is more than the 5 cores"):
+    sweep.job_slots(6)
+
+
+def test_a_job_process_runs_on_its_share_of_the_cores():
+  """launch/__init__.py applies the share before jax starts (what XLA sizes its thread pool by)."""
+  core = sorted(os.sched_getaffinity(0))[-1]
+  # As `python -m launch.<name>` would start it (the share applies to launchers only).
+  probe = subprocess.run(
+      [sys.executable, "-c", "import os, sys; sys.orig_argv[:] = ['python', '-m', 'launch.x']; "
+       "import launch; print(sorted(os.sched_getaffinity(0)))"],
+      cwd=ROOT, capture_output=True, text=True, env={**run_fixtures.subprocess_env(),
+                                                      "LANDSLIDE_JAX_CORES": str(core)},
+      timeout=SUBPROCESS_TIMEOUT, check=False)
+  assert probe.stdout.strip() == f"[{core}]", probe.stderr[-2000:]
+
+
+def test_train_command_carries_every_option(env):
+  config = dataclasses.replace(env.base, scenario="japan", patch=32, model="resunet", seeds=2,
+                               threshold="auto", workdir="/x/run")
+  flags_ = dict(arg[2:].split("=", 1) for arg in sweep._train_command(config)[3:])  # pylint: disable=protected-access
+  assert flags_["scenario"] == "japan" and flags_["seeds"] == "2" and flags_["threshold"] == "auto"
+  assert flags_["channels"] == ",".join(run_fixtures.CHANNEL_TUPLE)
+  # Every option of a run is passed on (the process would otherwise train with launch.train's defaults).
+  assert set(flags_) == {f.name for f in dataclasses.fields(train.TrainConfig)} - {"b1", "b2"}
+  # Adam's betas have no flag: a grid with other betas cannot go to processes without changing them.
+  with pytest.raises(InputError, match="b1"):
+    sweep._train_command(dataclasses.replace(config, b1=0.8))  # pylint: disable=protected-access
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Seeds: the paper's conclusions against seed spread
+
+
+def _seeded(f1_per_seed: list[float]) -> dict:
+  """A multi-seed run's metrics.json with the given F1 per seed on every test set."""
+  per_seed = {str(i): {"test": {t: {"f1": f} for t in sweep.TEST_SETS}} for i, f in enumerate(f1_per_seed)}
+  return {"test": {t: {"f1": float(np.mean(f1_per_seed))} for t in sweep.TEST_SETS}, "per_seed": per_seed}
+
+
+def test_paired_difference_known_answer():
+  d = sweep.paired_difference([0.8, 0.82, 0.81], [0.7, 0.71, 0.72])
+  # differences 0.10, 0.11, 0.09: mean 0.1, std 0.01, t(0.975, 2) = 4.3027
+  assert d["mean"] == pytest.approx(0.1) and d["std"] == pytest.approx(0.01)
+  assert d["half_width"] == pytest.approx(4.302653 * 0.01 / math.sqrt(3), rel=1e-5)
+  assert d["verdict"] == "holds beyond seed spread"
+  assert sweep.paired_difference([0.75, 0.7, 0.72], [0.7, 0.74, 0.70])["verdict"] == "within seed spread"
+  assert sweep.paired_difference([0.6, 0.61, 0.6], [0.7, 0.71, 0.72])["verdict"] == "reversed beyond seed spread"
+
+
+def test_summary_says_which_conclusions_hold_beyond_seed_spread():
+  results = {("china", "resunet", 64): _seeded([0.8, 0.82, 0.81]), ("china", "unet", 64): _seeded([0.7, 0.71, 0.72]),
+             ("china", "resunet", 128): _seeded([0.75, 0.7, 0.72]), ("china", "unet", 128): _seeded([0.7, 0.74, 0.70])}
+  lines = sweep.seed_conclusions(results, ("china",), (64, 128), ("unet", "resunet"))
+  text = "\n".join(lines)
+  # In-site: mean over patch sizes of ResU-Net - U-Net per seed: (0.10 + 0.05)/2, (0.11 - 0.04)/2, ...
+  d = sweep.paired_difference([(0.8 + 0.75) / 2, (0.82 + 0.7) / 2, (0.81 + 0.72) / 2],
+                              [(0.7 + 0.7) / 2, (0.71 + 0.74) / 2, (0.72 + 0.70) / 2])
+  assert (f"| ResU-Net beats U-Net in-site (china, mean over patch sizes) | F1 ResU-Net - U-Net "
+          f"{d['mean']:+.3f} +- {d['std']:.3f} (3 seeds) | {d['verdict']} |") in lines
+  # U-Net's paper patch (128 px) against 64 px; ResU-Net's (64 px) against 128 px.
+  assert "| U-Net best at 128 px: vs 64 px" in text and "| ResU-Net best at 64 px: vs 128 px" in text
+  u = sweep.paired_difference([0.7, 0.74, 0.70], [0.7, 0.71, 0.72])
+  assert f"F1 128 px - 64 px {u['mean']:+.3f} +- {u['std']:.3f} (3 seeds) | {u['verdict']} |" in text
+  # Single-seed runs cannot be judged, and the summary says so instead of guessing.
+  single = {k: {"test": v["test"]} for k, v in results.items()}
+  assert any("Not assessed" in ln for ln in sweep.seed_conclusions(single, ("china",), (64, 128),
+                                                                     ("unet", "resunet")))
