@@ -14,7 +14,9 @@ wall time and the kernels' time over it (above 1: kernels ran in parallel on sev
 
 `--forms`: "after" is the models as they are; "before" traces them with the CPU's fast forms switched
 off (`layers.UPCONV_IMPL_BY_BACKEND` and `layers.KERNEL_GRAD_MATMUL_MIN_CHANNELS` emptied): XLA's
-transposed convolutions and kernel gradients, the step as it was before issue 11.
+transposed convolutions and kernel gradients, the step as it was before issue 11. "cpu_forms" applies the
+CPU's forms on any backend: on an accelerator, "after" (XLA's forms there) against "cpu_forms" says which
+to put in those tables for it (benchmarks/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -165,12 +167,17 @@ def classify_all(text: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _form(form: str):
-  """Within: the models trace in `form` ("after": as they are; "before": no CPU fast forms)."""
+  """Within: the models trace in `form` ("after": as they are; "before": no CPU fast forms;
+  "cpu_forms": the CPU's fast forms on whatever backend runs, to choose the forms of an accelerator)."""
   tables = (layers.UPCONV_IMPL_BY_BACKEND, layers.KERNEL_GRAD_MATMUL_MIN_CHANNELS)
   saved = [dict(t) for t in tables]
   if form == "before":
     for table in tables:
       table.clear()
+  elif form == "cpu_forms":
+    backend = jax.default_backend()
+    layers.UPCONV_IMPL_BY_BACKEND[backend] = saved[0]["cpu"]
+    layers.KERNEL_GRAD_MATMUL_MIN_CHANNELS[backend] = saved[1]["cpu"]
   try:
     yield
   finally:
