@@ -192,8 +192,10 @@ def _objects(probs: np.ndarray, data: input_pipeline.SplitData, threshold: float
 
 
 def write_site_maps(out_dir: Path, site: str, probs: np.ndarray, data: input_pipeline.SplitData,
-                    metadata: dict, threshold: float, raw: input_pipeline.SplitData) -> dict:
-  """GeoTIFFs (probability float32, binary uint8) and a PNG quicklook of one site's test area."""
+                    metadata: dict, threshold: float, raw: input_pipeline.SplitData, suffix: str = "") -> dict:
+  """GeoTIFFs (probability float32, binary uint8) and a PNG quicklook of one site's test area, named
+  `<site>_probability<suffix>.tif` etc.: the suffix of the evaluation's metrics file, so the maps of
+  another checkpoint, threshold or TTA never replace those of the run's own evaluation."""
   area = metadata["areas"]["test"]
   grid = raster_io.Grid.from_json(metadata["grid"])
   r0 = int(round((area["transform"][5] - grid.transform.f) / grid.transform.e))
@@ -207,9 +209,9 @@ def write_site_maps(out_dir: Path, site: str, probs: np.ndarray, data: input_pip
   binary = np.where(valid, prob_map > threshold, 255).astype(np.uint8)
   truth = patching.stitch(data.mask[..., 0], rows, cols, shape, fill=0).astype(bool)
   paths = {
-      "probability": raster_io.write_geotiff(out_dir / f"{site}_probability.tif", prob_map, test_grid,
+      "probability": raster_io.write_geotiff(out_dir / f"{site}_probability{suffix}.tif", prob_map, test_grid,
                                              nodata=-1.0, cog_resampling="average"),
-      "landslides": raster_io.write_geotiff(out_dir / f"{site}_landslides.tif", binary, test_grid,
+      "landslides": raster_io.write_geotiff(out_dir / f"{site}_landslides{suffix}.tif", binary, test_grid,
                                             nodata=255, cog_resampling="nearest"),
   }
   channels = metadata["channels"]
@@ -217,7 +219,7 @@ def write_site_maps(out_dir: Path, site: str, probs: np.ndarray, data: input_pip
   if all(b in channels for b in ("B4", "B3", "B2")):
     rgb = np.stack([patching.stitch(raw.image[..., channels.index(b)], rows, cols, shape, fill=0)
                     for b in ("B4", "B3", "B2")], axis=-1)
-  paths["quicklook"] = quicklook(out_dir / f"{site}_quicklook.png", rgb, binary == 1, truth, valid,
+  paths["quicklook"] = quicklook(out_dir / f"{site}_quicklook{suffix}.png", rgb, binary == 1, truth, valid,
                                  title=f"{site} test area")
   return {k: str(v) for k, v in paths.items()}
 
@@ -295,6 +297,9 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
   _check_normalization(run, data_dir)
   out_dir = run.workdir / "eval"
   out_dir.mkdir(parents=True, exist_ok=True)
+  metrics_name = metrics_file_name(test_sets, valid_sets, checkpoint,
+                                   None if asked in (None, config.threshold) else asked, tta)
+  suffix = metrics_name[len("metrics"):-len(".json")]
   sites = [s for s in (constants.SITE_NAMES if "all" in test_sets else ()) if s not in test_sets]
   results, maps, sweeps, per_site = {}, {}, {}, {}
   for name in list(test_sets) + sites:
@@ -312,7 +317,7 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
       if sweep_thresholds:
         sweeps[name] = _sweep(probs, data)
       if write_maps and metadata.get("grid"):
-        maps[name] = write_site_maps(out_dir, name, probs, data, metadata, threshold, raw)
+        maps[name] = write_site_maps(out_dir, name, probs, data, metadata, threshold, raw, suffix)
   if "all" in test_sets:
     total = sum(per_site[s][0] for s in constants.SITE_NAMES)
     results["all"] = {
@@ -330,14 +335,13 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
     result["validation_threshold"] = choice
   if sweep_thresholds:
     result["threshold_sweep"] = sweeps
-  metrics_path = out_dir / metrics_file_name(test_sets, valid_sets, checkpoint,
-                                             None if asked in (None, config.threshold) else asked, tta)
+  metrics_path = out_dir / metrics_name
   files.write_text_atomically(metrics_path, json.dumps(result, indent=2) + "\n")
   print(format_table(result), flush=True)
   where = f"wrote {metrics_path}"
   if maps:
-    where += (f" and the maps of {', '.join(maps)} in {out_dir} (<site>_probability.tif, "
-              "<site>_landslides.tif, <site>_quicklook.png)")
+    where += (f" and the maps of {', '.join(maps)} in {out_dir} (<site>_probability{suffix}.tif, "
+              f"<site>_landslides{suffix}.tif, <site>_quicklook{suffix}.png)")
   print(where, flush=True)
   return result
 

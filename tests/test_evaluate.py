@@ -241,10 +241,13 @@ def test_cli_threshold_and_sweep_flags(env, evaluated, predicted, tmp_path):
     for key in ("precision", "recall", "f1"):
       assert scores[key] == pytest.approx(row[key], abs=1e-12), (name, key)
   assert written["test"]["china"] != main["test"]["china"]  # 0.3 is not 0.5 in disguise
-  with rasterio.open(view / "eval" / "china_probability.tif") as p, \
-       rasterio.open(view / "eval" / "china_landslides.tif") as m:
+  # Its maps are named like its metrics file, beside (never over) those of the full evaluation.
+  with rasterio.open(view / "eval" / "china_probability_china-all_t0.3.tif") as p, \
+       rasterio.open(view / "eval" / "china_landslides_china-all_t0.3.tif") as m:
     prob, binary = p.read(1), m.read(1)
   np.testing.assert_array_equal(binary, np.where(prob >= 0, prob > 0.3, 255))
+  assert (view / "eval" / "china_quicklook_china-all_t0.3.png").is_file()
+  assert not (view / "eval" / "china_probability.tif").exists()
   # The module's own evaluation (threshold 0.5) was left alone.
   assert run_fixtures.read_json(env.workdir / "eval" / "metrics.json")["threshold"] == 0.5
 
