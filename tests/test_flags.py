@@ -275,11 +275,14 @@ def test_ctrl_c_while_the_launcher_imports_is_one_line_exit_130(tmp_path):
   # Interrupted once jaxlib's first library is loaded: launch/__init__.py has run, and jax, flax, optax,
   # orbax and TFDS are still being imported (seconds). That used to end in a traceback through importlib.
   # SIGINT as an interactive shell leaves it: a test suite started as a background job (`pytest &` in a
-  # script) passes it on ignored, and an ignored SIGINT is rightly left ignored by the launcher.
-  proc = subprocess.Popen([sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run'}",
-                           f"--data_dir={tmp_path / 'tfds'}", "--patch=32", "--demo_scale=0.05"],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  # script) passes it on ignored, and an ignored SIGINT is rightly left ignored by the launcher. So the
+  # child resets it, then execs the launcher (same pid; no preexec_fn fork in this multithreaded process).
+  launcher = [sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run'}",
+              f"--data_dir={tmp_path / 'tfds'}", "--patch=32", "--demo_scale=0.05"]
+  reset = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+           "os.execv(sys.executable, sys.argv[1:])")
+  proc = subprocess.Popen([sys.executable, "-c", reset, *launcher], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + 60
   while not (loaded := _has_loaded(proc.pid, "/jaxlib/")) and proc.poll() is None:
     assert time.monotonic() < deadline, "the launcher did not start importing jax within 60 s"
