@@ -73,12 +73,28 @@ def seeds_train_steps(states: train.TrainState, data: dict, indices: jax.Array, 
   return _masked(active, new, states), losses
 
 
+# How the seeds' steps are batched in the compiled program, per backend: "vmap" (one batched step), or
+# "unroll" (the K steps side by side in one program). XLA:CPU runs a convolution vmapped over its kernel
+# 2.7x slower than K separate ones (benchmarks/seeds_bench.py, U-Net 64 px, 2 seeds), so CPU unrolls.
+SEED_BATCHING_BY_BACKEND = {"cpu": "unroll"}
+
+
+def _per_seed(step, states, *args):
+  """`step` applied to every seed (every argument has the leading seed axis): vmapped, or unrolled
+  (see SEED_BATCHING_BY_BACKEND)."""
+  if SEED_BATCHING_BY_BACKEND.get(jax.default_backend(), "vmap") == "vmap":
+    return jax.vmap(step)(states, *args)
+  k = jax.tree.leaves(states)[0].shape[0]
+  outs = [step(*(jax.tree.map(lambda x, i=i: x[i], t) for t in (states, *args))) for i in range(k)]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
 def seeds_train_step(states: train.TrainState, batch: dict, active: jax.Array
                      ) -> tuple[train.TrainState, jax.Array]:
   """`train.train_step` for every seed at once, each on its own batch (leading seed axis of `states` and
   of every array of `batch`); runs under pmap like it. Returns the states (frozen seeds unchanged) and
   each seed's loss."""
-  new, out = jax.vmap(train.train_step)(states, batch)
+  new, out = _per_seed(train.train_step, states, batch)
   return _masked(active, new, states), out["loss"]
 
 
