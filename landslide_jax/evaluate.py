@@ -49,13 +49,12 @@ class Run:
     return np.asarray(train.probabilities(self.state, jnp.asarray(images, jnp.float32), tta))
 
 
-def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
-  """Loads a run's config and the checkpoint `best`, `latest` or a step number.
+def read_run_config(workdir: Path) -> tuple[dict, train.TrainConfig]:
+  """(the saved config.json, its options) of a run folder.
 
   Raises:
-    InputError: not a run folder, or no such checkpoint.
+    InputError: no config.json, not JSON, or written by another version.
   """
-  workdir = Path(workdir)
   config_path = workdir / "config.json"
   if not config_path.is_file():
     raise InputError(workdir, "no config.json: not a training run folder",
@@ -69,11 +68,22 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
   flags = dict(saved["flags"])
   flags["channels"] = tuple(flags["channels"])
   try:
-    config = train.TrainConfig(**flags)
+    return saved, train.TrainConfig(**flags)
   except TypeError:
     raise InputError(config_path, "was written by another version of landslide_jax (its options "
                      "differ from this version's)", "retrain in a new --workdir with this version"
                      ) from None
+
+
+def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
+  """Loads a run's config and the checkpoint `best`, `latest` or a step number.
+
+  Raises:
+    InputError: not a run folder, or no such checkpoint.
+  """
+  workdir = Path(workdir)
+  saved, config = read_run_config(workdir)
+  config_path = workdir / "config.json"
   if config.seeds > 1:
     seeds = ", ".join(f"seed_{config.seed + i}" for i in range(config.seeds))
     raise InputError(workdir, f"holds {config.seeds} seeds trained together ({seeds}), each a run of its own",
@@ -134,12 +144,8 @@ def predict_step(state, batch: dict, threshold: float, tta: bool = False
                  ) -> tuple[jax.Array, jax.Array]:
   """Probabilities of a batch and its confusion counts, summed over devices (pmapped)."""
   probs = train.probabilities(state, batch["image"], tta)
-  predicted = (probs > threshold)[..., None]
-  valid = batch["valid"].astype(jnp.float32)
-  truth = batch["mask"].astype(jnp.float32)
-  # The counts of metrics.confusion_counts, from probabilities (TTA averages probabilities, not logits).
-  counts = jnp.stack([jnp.sum(predicted * truth * valid), jnp.sum(predicted * (1 - truth) * valid),
-                      jnp.sum(~predicted * truth * valid), jnp.sum(~predicted * (1 - truth) * valid)])
+  # From probabilities, not logits: TTA averages probabilities.
+  counts = metrics.predicted_counts((probs > threshold)[..., None], batch["mask"], batch["valid"])
   return probs, lax.psum(counts, train.AXIS)
 
 
@@ -279,15 +285,6 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
   run = load_run(workdir, checkpoint)
   config = run.config
   data_dir = train.dataset_root(config, data_dir)
-  asked = threshold
-  threshold = config.threshold if threshold is None else threshold
-  choice = None
-  if threshold == train.AUTO_THRESHOLD:
-    _check_normalization(run, data_dir)
-    validation = input_pipeline.load_scenario_split(config.scenario, config.patch, "validation",
-                                                    config.channels, data_dir, run.stats)
-    choice = train.choose_threshold(predict_split(run, validation, 0.5, tta)[0], validation)
-    threshold = choice["threshold"]
   valid_sets = input_pipeline.test_sets(config.scenario)
   test_sets = tuple(test_sets or valid_sets)
   unknown = [t for t in test_sets if t not in valid_sets]
@@ -295,6 +292,14 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
     raise InputError(None, f"--test_sites {', '.join(unknown)} not valid for scenario {config.scenario}",
                      f"use some of: {', '.join(valid_sets)}")
   _check_normalization(run, data_dir)
+  asked = threshold
+  threshold = config.threshold if threshold is None else threshold
+  choice = None
+  if threshold == train.AUTO_THRESHOLD:
+    validation = input_pipeline.load_scenario_split(config.scenario, config.patch, "validation",
+                                                    config.channels, data_dir, run.stats)
+    choice = train.choose_threshold(predict_split(run, validation, 0.5, tta)[0], validation)
+    threshold = choice["threshold"]
   out_dir = run.workdir / "eval"
   out_dir.mkdir(parents=True, exist_ok=True)
   metrics_name = metrics_file_name(test_sets, valid_sets, checkpoint,
@@ -347,15 +352,13 @@ def evaluate_run(workdir: str | os.PathLike, test_sets: tuple[str, ...] | None =
 
 
 def _multi_seed_config(workdir: str | os.PathLike) -> train.TrainConfig | None:
-  """The options of a `--seeds=K` experiment folder (K > 1), else None (a single run, or not a run)."""
+  """The options of a `--seeds=K` experiment folder (K > 1), else None (a single run, or not a run:
+  load_run then says what is wrong with it)."""
   try:
-    flags = json.loads((Path(workdir) / "config.json").read_text())["flags"]
-  except (OSError, ValueError, KeyError, TypeError):
-    return None  # load_run says what is wrong with it
-  if int(flags.get("seeds", 1)) <= 1:
+    _, config = read_run_config(Path(workdir))
+  except InputError:
     return None
-  flags["channels"] = tuple(flags["channels"])
-  return dataclasses.replace(train.TrainConfig(**flags), workdir=str(workdir))
+  return dataclasses.replace(config, workdir=str(workdir)) if config.seeds > 1 else None
 
 
 def _evaluate_seeds(config: train.TrainConfig, test_sets, checkpoint, data_dir, threshold, sweep_thresholds,

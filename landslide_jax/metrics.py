@@ -41,7 +41,12 @@ def confusion_counts(logits: jax.Array, mask: jax.Array, valid: jax.Array,
     valid: (..., 1) 0/1; pixels with 0 count nowhere.
     threshold: probability above which a pixel is called landslide.
   """
-  predicted = (jax.nn.sigmoid(logits) > threshold).astype(jnp.float32)
+  return predicted_counts(jax.nn.sigmoid(logits) > threshold, mask, valid)
+
+
+def predicted_counts(predicted: jax.Array, mask: jax.Array, valid: jax.Array) -> jax.Array:
+  """[TP, FP, FN, TN] of 0/1 (or bool) landslide calls over the valid pixels, as float32, on device."""
+  predicted = predicted.astype(jnp.float32)
   truth = mask.astype(jnp.float32)
   weight = valid.astype(jnp.float32)
   tp = jnp.sum(predicted * truth * weight)

@@ -4,7 +4,8 @@ The paper trains each cell of its grid once; whether one model beats another by 
 little. Here K models (seeds seed, seed + 1, ..., each with its own initialisation and data order) train
 together: their parameters, optimiser and BatchNorm states are stacked on a leading axis and the pmapped
 train step is `jax.vmap`ped over it, so an accelerator that idles at batch 4 does K runs for about the
-price of one, and a CPU runs K small steps as one larger one.
+price of one. On CPU, where XLA runs the vmapped convolutions slowly, the K steps are unrolled side by
+side in the same program instead (SEED_BATCHING_BY_BACKEND).
 
 Each seed stays an independent run: its own epoch count, early stopping, checkpoints (latest and best),
 metrics.jsonl and metrics.json, in `<workdir>/seed_<s>/`, a run folder that `launch.evaluate` and
@@ -28,7 +29,6 @@ import numpy as np
 from flax import jax_utils
 
 from landslide_jax import input_pipeline, train
-from landslide_jax.errors import InputError
 
 SEED_DIR = "seed_{}"
 
@@ -61,21 +61,10 @@ def _masked(active: jax.Array, new, old):
   return jax.tree.map(pick, new, old)
 
 
-def seeds_train_steps(states: train.TrainState, data: dict, indices: jax.Array, keep: jax.Array,
-                      active: jax.Array) -> tuple[train.TrainState, jax.Array]:
-  """`train.train_steps` for every seed at once (vmapped over the leading seed axis of `states`,
-  `indices` and `keep`; the training split `data` is shared); runs under pmap like it.
-
-  Returns:
-    The states after the steps (frozen seeds unchanged) and the losses, (seeds, steps).
-  """
-  new, losses = jax.vmap(train.train_steps, in_axes=(0, None, 0, 0))(states, data, indices, keep)
-  return _masked(active, new, states), losses
-
-
-# How the seeds' steps are batched in the compiled program, per backend: "vmap" (one batched step), or
-# "unroll" (the K steps side by side in one program). XLA:CPU runs a convolution vmapped over its kernel
-# 2.7x slower than K separate ones (benchmarks/seeds_bench.py, U-Net 64 px, 2 seeds), so CPU unrolls.
+# How the seeds' steps (training and validation) are batched in the compiled program, per backend:
+# "vmap" (one batched step), or "unroll" (the K steps side by side in one program). XLA:CPU ran the
+# vmapped train step at 0.38x of K separate ones (benchmarks/seeds_bench.py, U-Net 64 px, 2 seeds), so
+# CPU unrolls.
 SEED_BATCHING_BY_BACKEND = {"cpu": "unroll"}
 
 
@@ -89,6 +78,19 @@ def _per_seed(step, states, *args):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
+def seeds_train_steps(states: train.TrainState, data: dict, indices: jax.Array, keep: jax.Array,
+                      active: jax.Array) -> tuple[train.TrainState, jax.Array]:
+  """`train.train_steps` for every seed at once (leading seed axis of `states`, `indices` and `keep`; the
+  training split `data` is shared); runs under pmap like it.
+
+  Returns:
+    The states after the steps (frozen seeds unchanged) and the losses, (seeds, steps).
+  """
+  new, losses = _per_seed(lambda state, idx, kp: train.train_steps(state, data, idx, kp), states, indices,
+                          keep)
+  return _masked(active, new, states), losses
+
+
 def seeds_train_step(states: train.TrainState, batch: dict, active: jax.Array
                      ) -> tuple[train.TrainState, jax.Array]:
   """`train.train_step` for every seed at once, each on its own batch (leading seed axis of `states` and
@@ -99,8 +101,8 @@ def seeds_train_step(states: train.TrainState, batch: dict, active: jax.Array
 
 
 def seeds_eval_step(states: train.TrainState, batch: dict, threshold: float) -> dict:
-  """`train.eval_step` of every seed on one batch (vmapped over the seeds, the batch shared)."""
-  return jax.vmap(train.eval_step, in_axes=(0, None, None))(states, batch, threshold)
+  """`train.eval_step` of every seed on one shared batch."""
+  return _per_seed(lambda state: train.eval_step(state, batch, threshold), states)
 
 
 @dataclasses.dataclass
@@ -130,8 +132,6 @@ def train_seeds(config: train.TrainConfig, lock) -> dict:
   `train.train_and_evaluate`, which checked the options and holds `lock`."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
-  if train.resolved_steps_per_dispatch(config) < 1:
-    raise InputError(None, "--steps_per_dispatch must be positive", "pass 0 (auto) or a number of steps")
   workdir = config.resolved_workdir()
   inputs = train.open_run(config, lock)
   data, weights = inputs.data, inputs.weights
@@ -151,8 +151,8 @@ def train_seeds(config: train.TrainConfig, lock) -> dict:
   per_dispatch = train.resolved_steps_per_dispatch(config)
   # As a single run: one step per dispatch with batches gathered on the host (CPU's default: XLA:CPU ran
   # the scanned step about 4x slower per step), or scans over device-resident data (accelerators).
-  p_step = jax.pmap(seeds_train_step, axis_name=train.AXIS, donate_argnums=(0,))
-  p_steps = jax.pmap(seeds_train_steps, axis_name=train.AXIS, donate_argnums=(0,))
+  p_step = jax.pmap(seeds_train_step if per_dispatch == 1 else seeds_train_steps, axis_name=train.AXIS,
+                    donate_argnums=(0,))
   p_eval = jax.pmap(lambda s, b: seeds_eval_step(s, b, train.monitor_threshold(config)),
                     axis_name=train.AXIS)
   split = data["train"]
@@ -187,7 +187,7 @@ def train_seeds(config: train.TrainConfig, lock) -> dict:
         bar.update(1)
         continue
       chunk = slice(first, first + per_dispatch)
-      replicated, chunk_losses = p_steps(replicated, resident, indices[:, :, chunk], keep[:, :, chunk],
+      replicated, chunk_losses = p_step(replicated, resident, indices[:, :, chunk], keep[:, :, chunk],
                                          device_active)
       losses.append(np.asarray(chunk_losses[0]))
       bar.update(indices[:, :, chunk].shape[2])
@@ -229,19 +229,8 @@ def train_seeds(config: train.TrainConfig, lock) -> dict:
 def _evaluate_seeds(p_eval, replicated, data: input_pipeline.SplitData, config: train.TrainConfig,
                     weight: np.ndarray, k: int) -> list[dict]:
   """`train.evaluate` for every seed: validation loss and scores, one dict per seed."""
-  totals = None
-  for batch in input_pipeline.batches(data, config.batch_size, jax.local_device_count(), shuffle=False,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count(), weight=weight):
-    out = jax.tree.map(lambda x: np.asarray(x[0], np.float64), p_eval(replicated, batch))
-    totals = out if totals is None else jax.tree.map(np.add, totals, out)
-  from landslide_jax import metrics  # pylint: disable=import-outside-toplevel
-  results = []
-  for i in range(k):
-    result = metrics.report(totals["counts"][i])
-    result["loss"] = float(totals["loss_sum"][i] / max(totals["count"][i], 1.0))
-    results.append(result)
-  return results
+  totals = train.eval_totals(p_eval, replicated, data, config, weight)
+  return [train.report_totals(jax.tree.map(lambda x, i=i: x[i], totals)) for i in range(k)]
 
 
 # Scores summarised over seeds: pixel scores and object scores of each test set.

@@ -262,6 +262,12 @@ def evaluate(p_eval_step, state, data: input_pipeline.SplitData, config: TrainCo
   `expected_pixels`: the valid pixels of the area the split covers (dataset metadata); the result's
   `coverage` is the share of them that was scored (1.0 when every pixel counted once).
   """
+  return report_totals(eval_totals(p_eval_step, state, data, config, weight), expected_pixels)
+
+
+def eval_totals(p_eval_step, state, data: input_pipeline.SplitData, config: TrainConfig,
+                weight: np.ndarray | None = None) -> dict:
+  """`p_eval_step`'s outputs (loss_sum, count, counts) summed over a whole split, float64 on the host."""
   totals = None
   for batch in input_pipeline.batches(data, config.batch_size, jax.local_device_count(),
                                       shuffle=False, process_index=jax.process_index(),
@@ -270,6 +276,11 @@ def evaluate(p_eval_step, state, data: input_pipeline.SplitData, config: TrainCo
     totals = out if totals is None else jax.tree.map(np.add, totals, out)
   # No cross-process gather: under multi-process pmap the axis spans every process's devices, so the
   # psum in eval_step already holds the global totals (gathering again counted them process_count times).
+  return totals
+
+
+def report_totals(totals: dict, expected_pixels: int | None = None) -> dict:
+  """Scores (`metrics.report`) and mean loss of one model's `eval_totals`."""
   result = metrics.report(totals["counts"], expected_pixels)
   result["loss"] = float(totals["loss_sum"] / max(totals["count"], 1.0))
   return result
@@ -996,16 +1007,17 @@ def evaluate_checkpoint(config, manager, template_state, stopper, pos_weight, st
       parts[test_set] = data
     areas = input_pipeline.pixel_areas_m2(test_set, config.patch, config.channels, data_dir)
 
-    def scored(t, data=data, test_probs=test_probs, expected=expected, areas=areas):
-      return metrics.split_report(test_probs, data.mask[..., 0], data.valid[..., 0], data.row, data.col,
-                                  data.site, t, areas, expected)
+    # Once per distinct threshold (the run's, 0.5 and the validation choice are often the same).
+    scored = {t: metrics.split_report(test_probs, data.mask[..., 0], data.valid[..., 0], data.row, data.col,
+                                      data.site, t, areas, expected)
+              for t in {threshold, 0.5, choice["threshold"]}}
     # Pixel counts and loss through the pmapped step (every device, every process); objects need whole
     # maps, so they come from this process's probabilities (the same model and threshold).
     tests[test_set] = {**evaluate(p_eval_step, replicated, data, config,
                                   expected_pixels=expected),
-                       "objects": scored(threshold)["objects"]}
-    by_threshold["0.5"][test_set] = scored(0.5)
-    by_threshold["validation"][test_set] = scored(choice["threshold"])
+                       "objects": scored[threshold]["objects"]}
+    by_threshold["0.5"][test_set] = scored[0.5]
+    by_threshold["validation"][test_set] = scored[choice["threshold"]]
   return {"scenario": config.scenario, "model": config.model, "patch": config.patch,
           "best_epoch": int(best), "threshold": threshold,
           "threshold_from": "validation" if config.threshold == AUTO_THRESHOLD else "flag",

@@ -3,9 +3,8 @@
 A 2-seed run (seeds 1 and 2) on the learnable sites of tests/run_fixtures.py, stopped after 2 epochs and
 resumed, is compared with two uninterrupted single runs of seed 1 and seed 2: same epochs, losses,
 stopping and best checkpoints, within float32 round-off. On CPU the seeds' steps are unrolled
-(multi_seed.SEED_BATCHING_BY_BACKEND) and the parameters came out bit-identical (measured 0.0); the
-validation loss goes through the vmapped eval step (relative difference measured 8e-7). With the vmapped
-train step XLA batches the convolutions into other kernels and sums are ordered differently; Adam divides
+(multi_seed.SEED_BATCHING_BY_BACKEND), training and validation steps alike, and parameters and
+validation losses came out bit-identical (measured 0.0). With the vmapped train step XLA batches the convolutions into other kernels and sums are ordered differently; Adam divides
 each gradient by its running magnitude, which can amplify that for parameters whose gradients are near
 0 (measured 2.5e-6 over 4 epochs). Tolerances, for either form: parameters 1e-4 absolute, losses 1e-5
 relative, pixel counts 0.1% of the test pixels (a pixel whose probability sits at the threshold may flip).
