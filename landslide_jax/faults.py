@@ -10,11 +10,13 @@ naming the path, the fault and the fix, so the launchers report it in one line l
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from landslide_jax import files
@@ -70,6 +72,27 @@ def watch_library_messages() -> None:
   logger = logging.getLogger("rasterio")
   if _GDAL_MESSAGES not in logger.handlers:
     logger.addHandler(_GDAL_MESSAGES)
+
+
+@contextlib.contextmanager
+def raster_write(path: str | os.PathLike, need_bytes: int) -> Iterator[None]:
+  """Turns a GDAL write of `path` that failed for want of room into `OSError(ENOSPC, path)`.
+
+  libtiff reports a full disk only on stderr ("_tiffWriteProc: No space left on device", through its own
+  handler: neither rasterio's logger nor the exception sees it) and rasterio then raises a bare "Write
+  failed" or "Seek error at scanline N"; GDAL's COG copy also deletes its partial output. What is left to
+  tell is the disk: a failed write whose disk now has less room than the write needs (`need_bytes`, an
+  upper bound) is put down to a full disk, so the user gets the one-line fault (`environment_fault`)
+  with the free space, instead of a traceback. Any other failure passes unchanged.
+  """
+  try:
+    yield
+  except Exception as err:  # pylint: disable=broad-except  (rasterio's, GDAL's CPLE_* and pyogrio's share no base)
+    if type(err).__module__.split(".")[0] in ("rasterio", "pyogrio"):
+      free = files.free_bytes(Path(path).parent)
+      if free is not None and free < need_bytes:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path)) from err
+    raise
 
 
 def _chain(err: BaseException) -> list[BaseException]:

@@ -34,7 +34,7 @@ import rasterio.warp
 import rasterio.windows
 from scipy import ndimage
 
-from landslide_jax import constants, files
+from landslide_jax import constants, faults, files
 from landslide_jax.data import dem_tiles, raster_io, scene as scene_lib, sentinel2_safe, site_inputs
 from landslide_jax.errors import InputError
 
@@ -204,14 +204,19 @@ class _AtomicGeoTIFF:
       self.dst.update_tags(**tags)  # GDAL's COG copy keeps them
 
   def write(self, data: np.ndarray, window: rasterio.windows.Window) -> None:
-    self.dst.write(data, 1, window=window)
+    with faults.raster_write(self.path, data.nbytes):
+      self.dst.write(data, 1, window=window)
 
   def close(self, keep: bool) -> None:
-    self.dst.close()
     cog = self.tmp[:-4] + ".cog.tif"
     try:
+      # Closing flushes GDAL's cached blocks: the whole map at most.
+      size = self.dst.width * self.dst.height * np.dtype(self.dst.dtypes[0]).itemsize
+      with faults.raster_write(self.path, size):
+        self.dst.close()
       if keep:
-        raster_io.copy_as_cog(self.tmp, cog, self.resampling)
+        with faults.raster_write(self.path, raster_io.cog_bytes_bound(self.tmp)):
+          raster_io.copy_as_cog(self.tmp, cog, self.resampling)
         os.chmod(cog, 0o644)  # mkstemp makes it private; a map is meant to be shared
         os.replace(cog, self.path)
     finally:

@@ -205,6 +205,25 @@ def probabilities(state: TrainState, images: jax.Array, tta: bool = False) -> ja
   return tta_lib.dihedral_mean(predict, images) if tta else predict(images)
 
 
+@jax.jit
+def probabilities_and_bce(state: TrainState, images: jax.Array, mask: jax.Array, valid: jax.Array
+                          ) -> tuple[jax.Array, jax.Array]:
+  """`probabilities` of a batch and its plain BCE summed over valid pixels, from one forward pass."""
+  logits, _ = apply_model(state, state.params, images, train=False)
+  return jax.nn.sigmoid(logits[..., 0].astype(jnp.float32)), weighted_bce_sum(logits, mask, valid)
+
+
+def _padded_batches(arrays: list[np.ndarray], batch_size: int):
+  """Yields (n, arrays[start:start + n] zero-padded to `batch_size`): one shape, one compilation.
+
+  Padding has valid = 0, so it counts in no loss or score.
+  """
+  for start in range(0, len(arrays[0]), batch_size):
+    chunks = [a[start:start + batch_size] for a in arrays]
+    n = len(chunks[0])
+    yield n, [np.concatenate([c, np.zeros((batch_size - n, *c.shape[1:]), c.dtype)]) for c in chunks]
+
+
 def split_probabilities(state: TrainState, images: np.ndarray, tta: bool = False,
                         batch_size: int = SCORE_BATCH) -> np.ndarray:
   """`probabilities` of a whole split on this process's first device, in batches of one shape.
@@ -213,11 +232,21 @@ def split_probabilities(state: TrainState, images: np.ndarray, tta: bool = False
   maps (objects, thresholds) are computed alike everywhere.
   """
   out = [np.zeros((0, *images.shape[1:3]), np.float32)]
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-    out.append(np.asarray(probabilities(state, padded, tta))[:len(chunk)])
+  for n, (padded,) in _padded_batches([images], batch_size):
+    out.append(np.asarray(probabilities(state, padded, tta))[:n])
   return np.concatenate(out)
+
+
+def split_probabilities_and_bce(state: TrainState, data: input_pipeline.SplitData,
+                                batch_size: int = SCORE_BATCH) -> tuple[np.ndarray, float]:
+  """`split_probabilities` of a split and its plain BCE summed over valid pixels (float64), from one
+  forward pass of each window (scores need the maps, the test loss the logits)."""
+  out, bce_sum = [np.zeros((0, *data.image.shape[1:3]), np.float32)], 0.0
+  for n, (images, mask, valid) in _padded_batches([data.image, data.mask, data.valid], batch_size):
+    probs, bce = probabilities_and_bce(state, images, mask, valid)
+    out.append(np.asarray(probs)[:n])
+    bce_sum += float(bce)
+  return np.concatenate(out), bce_sum
 
 
 def choose_threshold(probs: np.ndarray, validation: input_pipeline.SplitData) -> dict:
@@ -990,32 +1019,28 @@ def evaluate_checkpoint(config, manager, template_state, stopper, pos_weight, st
                      f"--workdir={workdir} --checkpoint=latest, or delete {workdir / CHECKPOINT_DIR} to "
                      "train again") from None
   state = restored["state"]
-  replicated = jax_utils.replicate(state)
   choice = choose_threshold(split_probabilities(state, validation.image), validation)
   threshold = choice["threshold"] if config.threshold == AUTO_THRESHOLD else float(config.threshold)
-  p_eval_step = jax.pmap(functools.partial(eval_step, threshold=threshold), axis_name=AXIS)
   tests, by_threshold = {}, {"0.5": {}, "validation": {}}
-  probs, parts = {}, {}
+  probs, bce_sums, parts = {}, {}, {}
   for test_set in input_pipeline.test_sets(config.scenario):
     expected = input_pipeline.area_pixels(test_set, "test", config.patch, config.channels, data_dir)
     if test_set == "all":
       data = input_pipeline.SplitData.concatenate([parts[s] for s in constants.SITE_NAMES])
       test_probs = np.concatenate([probs[s] for s in constants.SITE_NAMES])
+      bce_sum = sum(bce_sums[s] for s in constants.SITE_NAMES)
     else:
       data = input_pipeline.load_test_data(test_set, config.patch, config.channels, data_dir, stats)
-      test_probs = probs[test_set] = split_probabilities(state, data.image)
-      parts[test_set] = data
+      test_probs, bce_sum = split_probabilities_and_bce(state, data)
+      probs[test_set], bce_sums[test_set], parts[test_set] = test_probs, bce_sum, data
     areas = input_pipeline.pixel_areas_m2(test_set, config.patch, config.channels, data_dir)
 
-    # Once per distinct threshold (the run's, 0.5 and the validation choice are often the same).
+    # Once per distinct threshold (the run's, 0.5 and the validation choice are often the same). Every
+    # process computes the whole maps (objects need them), so no collective is needed.
     scored = {t: metrics.split_report(test_probs, data.mask[..., 0], data.valid[..., 0], data.row, data.col,
                                       data.site, t, areas, expected)
               for t in {threshold, 0.5, choice["threshold"]}}
-    # Pixel counts and loss through the pmapped step (every device, every process); objects need whole
-    # maps, so they come from this process's probabilities (the same model and threshold).
-    tests[test_set] = {**evaluate(p_eval_step, replicated, data, config,
-                                  expected_pixels=expected),
-                       "objects": scored[threshold]["objects"]}
+    tests[test_set] = {**scored[threshold], "loss": bce_sum / max(float(data.valid.sum()), 1.0)}
     by_threshold["0.5"][test_set] = scored[0.5]
     by_threshold["validation"][test_set] = scored[choice["threshold"]]
   return {"scenario": config.scenario, "model": config.model, "patch": config.patch,

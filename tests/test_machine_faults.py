@@ -10,6 +10,7 @@ a full disk. Kill-and-resume after a full disk is in tests/test_damaged_runs.py.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import os
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from landslide_jax import constants, faults, files, prepare
@@ -203,4 +205,95 @@ def test_full_disk_under_prepare_is_one_line_and_leaves_nothing(tmp_path):
     proc = _launch("launch.prepare", "--site=china", "--patch=128", "--demo_scale=0.05",
                    f"--data_dir={disk}/tfds")
     _one_error_line(proc, "not enough free space for the china demo scene", "MB free", "another --data_dir")
+    assert _files_under(disk) == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# GDAL filling the disk in the middle of a write (after the free-space check passed: other jobs write too).
+
+
+class _GdalWriteFailed(Exception):
+  """Stands for rasterio's bare "Write failed" (the type's module is what raster_write looks at)."""
+
+
+_GdalWriteFailed.__module__ = "rasterio.errors"
+
+
+@pytest.mark.parametrize("free, converted", [(10, True), (999, True), (1000, False), (None, False)])
+def test_failed_raster_write_with_no_room_left_is_a_full_disk(monkeypatch, free, converted):
+  monkeypatch.setattr(files, "free_bytes", lambda folder: free)
+  with pytest.raises(Exception) as caught:
+    with faults.raster_write("/maps/probability.tif", need_bytes=1000):
+      raise _GdalWriteFailed("Write failed. See previous exception for details.")
+  if converted:
+    assert isinstance(caught.value, OSError) and caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == "/maps/probability.tif"
+    assert isinstance(caught.value.__cause__, _GdalWriteFailed)
+    fault = faults.environment_fault(caught.value, {"out": "/maps"})
+    assert fault is not None and fault.problem.startswith("no space left on the device")
+    assert "another --out" in fault.fix
+  else:
+    assert isinstance(caught.value, _GdalWriteFailed)
+
+
+def test_other_errors_in_a_raster_write_pass_unchanged(monkeypatch):
+  monkeypatch.setattr(files, "free_bytes", lambda folder: 0)
+  with pytest.raises(ValueError, match="a bug"):
+    with faults.raster_write("/maps/probability.tif", need_bytes=1000):
+      raise ValueError("a bug")
+
+
+_WRITE_ON_FULL_DISK = """
+import sys
+import numpy as np
+import rasterio
+from absl import app
+from landslide_jax import cli
+from landslide_jax.data import raster_io
+
+def main(argv):
+  grid = raster_io.Grid(rasterio.crs.CRS.from_epsg(32648), rasterio.Affine(10, 0, 5e5, 0, -10, 3.7e6),
+                        (1000, 1000))
+  noise = np.random.default_rng(0).random((1000, 1000)).astype(np.float32)  # ~4 MB, incompressible
+  cog = None if argv[2] == "plain" else "average"
+  cli.run_reporting_input_errors(lambda: raster_io.write_geotiff(argv[1], noise, grid, cog_resampling=cog))
+
+app.run(main)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+@pytest.mark.parametrize("form, disk_size", [("plain", "1m"), ("cog", "6m")])
+def test_gdal_write_that_fills_the_disk_is_one_line_and_leaves_nothing(tmp_path, form, disk_size):
+  # 1 MB: the plain GeoTIFF does not fit; 6 MB: it does (~4 MB), its COG copy beside it does not.
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  with _tmpfs(disk, f"size={disk_size}"):
+    proc = subprocess.run([sys.executable, "-c", _WRITE_ON_FULL_DISK, str(disk / "map.tif"), form],
+                          cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    _one_error_line(proc, f"{disk}/map.tif", "no space left on the device", "MB free now")
+    assert _files_under(disk) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_predict_map_writer_on_a_full_disk_names_it_and_leaves_nothing(tmp_path):
+  import rasterio  # pylint: disable=import-outside-toplevel
+  from landslide_jax import predict  # pylint: disable=import-outside-toplevel
+  from landslide_jax.data import raster_io  # pylint: disable=import-outside-toplevel
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  grid = raster_io.Grid(rasterio.crs.CRS.from_epsg(32648), rasterio.Affine(10, 0, 5e5, 0, -10, 3.7e6),
+                        (1024, 1024))
+  noise = np.random.default_rng(0).random(grid.shape).astype(np.float32)  # 4 MB, incompressible
+  with _tmpfs(disk, "size=1m"):
+    out = predict._AtomicGeoTIFF(disk / "probability.tif", grid, "float32", -1.0, "average")
+    written = False
+    with pytest.raises(OSError) as caught:
+      out.write(noise, rasterio.windows.Window(0, 0, 1024, 1024))
+      written = True  # GDAL may keep the blocks in its cache until the file is closed
+      out.close(keep=True)
+    if not written:
+      with contextlib.suppress(OSError):
+        out.close(keep=False)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(disk / "probability.tif")
     assert _files_under(disk) == []

@@ -19,7 +19,7 @@ import shapely
 from rasterio.transform import from_origin
 
 from landslide_jax import constants
-from landslide_jax.data import dem_tiles, raster_io, scene as scene_lib, site_inputs
+from landslide_jax.data import scene as scene_lib, site_inputs
 from landslide_jax.errors import InputError
 from tests import safe_fixtures
 from tests.conftest import write_polygons

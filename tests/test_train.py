@@ -189,6 +189,30 @@ def test_weighted_bce_ignores_invalid_pixels():
       float(train.weighted_bce_sum(logits, mask, _weight(mask, ones, 3.0))))
 
 
+def test_test_split_scores_come_from_one_padded_pass():
+  # The end-of-training test scores take the probabilities and the plain BCE from one forward pass per
+  # window, in zero-padded batches: 7 windows in batches of 4 must give what one call on all 7 gives.
+  import optax  # pylint: disable=import-outside-toplevel
+  from landslide_jax.models import UNet  # pylint: disable=import-outside-toplevel
+  model = UNet(features=(8, 16), bottleneck=16)
+  variables = train_fixtures.init_variables(model, (1, 16, 16, 5))
+  state = train.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optax.sgd(0.1),
+                                  batch_stats=variables.get("batch_stats"))
+  rng = np.random.default_rng(3)
+  n = 7
+  valid = (rng.random((n, 16, 16, 1)) < 0.7).astype(np.uint8)
+  data = input_pipeline.SplitData(
+      image=rng.normal(size=(n, 16, 16, 5)).astype(np.float32),
+      mask=(rng.random((n, 16, 16, 1)) < 0.3).astype(np.uint8), valid=valid,
+      row=np.zeros(n, np.int64), col=np.zeros(n, np.int64), site=np.array(["china"] * n))
+  probs, bce_sum = train.split_probabilities_and_bce(state, data, batch_size=4)
+  logits, _ = train.apply_model(state, state.params, data.image, train=False)
+  np.testing.assert_allclose(bce_sum, _numpy_bce(logits, data.mask, valid, 1.0), rtol=1e-5)
+  expected = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)[..., 0]))
+  np.testing.assert_allclose(probs, expected, atol=1e-6)
+  np.testing.assert_array_equal(probs, train.split_probabilities(state, data.image, batch_size=4))
+
+
 @pytest.mark.parametrize("kind", ["none", "class", "unet"])
 def test_pixel_weights_multiply_landslide_pixels_by_pos_weight(kind):
   rng = np.random.default_rng(2)

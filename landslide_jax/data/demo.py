@@ -43,7 +43,7 @@ import shapely
 import shapely.geometry
 from rasterio.enums import Resampling
 
-from landslide_jax import constants, files
+from landslide_jax import constants, faults, files
 from landslide_jax.errors import InputError
 
 # Bump when the generated content changes, so cached demo folders from an older generator are rebuilt.
@@ -819,9 +819,10 @@ def write_demo_site(site: str, out_dir: str | os.PathLike, scale: float = 1.0, s
   try:
     arrays = generate_demo_arrays(site, scale, seed)
     # Uncompressed sizes: LZW only shrinks them, so this is an upper bound.
-    files.require_free_space(out_dir, sum(a.nbytes for a in (arrays.s2, arrays.cloud_mask, arrays.dem)),
-                             f"the {site} demo scene", "--data_dir")
-    _write_site_files(arrays, tmp, site, scale, seed)
+    need = sum(a.nbytes for a in (arrays.s2, arrays.cloud_mask, arrays.dem))
+    files.require_free_space(out_dir, need, f"the {site} demo scene", "--data_dir")
+    with faults.raster_write(site_dir, need):  # the disk may still fill meanwhile (other writers)
+      _write_site_files(arrays, tmp, site, scale, seed)
     staging.unlock()  # the site folder must hold exactly the demo files, not our lock file
     if site_dir.exists():
       # A directory cannot be renamed onto a non-empty one: move the stale demo aside first.

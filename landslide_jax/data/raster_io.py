@@ -25,7 +25,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from scipy import ndimage
 
-from landslide_jax import constants
+from landslide_jax import constants, faults
 from landslide_jax.data import slope
 from landslide_jax.errors import InputError
 
@@ -882,6 +882,11 @@ def copy_as_cog(src: str | os.PathLike, dst: str | os.PathLike, resampling: str 
                          blocksize=512)
 
 
+def cog_bytes_bound(src: str | os.PathLike) -> int:
+  """About the most a `copy_as_cog` of `src` takes on disk: its size plus a third for the overviews."""
+  return os.path.getsize(src) * 4 // 3
+
+
 def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid,
                   nodata: float | None = None, descriptions: tuple[str, ...] | None = None,
                   cog_resampling: str | None = None) -> Path:
@@ -902,14 +907,17 @@ def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid,
     if grid.shape[0] < 256 or grid.shape[1] < 256:
       profile.update(tiled=False, blockxsize=None, blockysize=None)
       profile = {k: v for k, v in profile.items() if v is not None or k == "nodata"}
-    with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(tmp, "w", **profile) as dst:
+    with (faults.raster_write(path, data.nbytes), rasterio.Env(GDAL_PAM_ENABLED="NO"),
+          rasterio.open(tmp, "w", **profile) as dst):
       dst.write(data)
       for i, name in enumerate(descriptions or (), start=1):
         dst.set_band_description(i, name)
     if cog_resampling is not None:
       plain, tmp = tmp, tmp[:-4] + ".cog.tif"
       try:
-        copy_as_cog(plain, tmp, cog_resampling)
+        # Named for the user's file: GDAL removes its partial copy, whose name is a temporary one.
+        with faults.raster_write(path, cog_bytes_bound(plain)):
+          copy_as_cog(plain, tmp, cog_resampling)
       finally:
         os.remove(plain)
     os.chmod(tmp, 0o644)  # mkstemp makes it private; a map is meant to be shared
