@@ -87,7 +87,8 @@ def raster_write(path: str | os.PathLike, need_bytes: int) -> Iterator[None]:
   """
   try:
     yield
-  except Exception as err:  # pylint: disable=broad-except  (rasterio's, GDAL's CPLE_* and pyogrio's share no base)
+  except Exception as err:  # pylint: disable=broad-except
+    # rasterio's errors, GDAL's CPLE_* and pyogrio's share no base class short of Exception.
     if type(err).__module__.split(".")[0] in ("rasterio", "pyogrio"):
       free = files.free_bytes(Path(path).parent)
       if free is not None and free < need_bytes:
