@@ -217,10 +217,26 @@ def mean_f1(results: dict, scenario=None, model=None, patch=None, tests=constant
   A run not in `results` simply does not count: the mean is over the runs present, and NaN (never 0)
   when no run matches. Figures draw a NaN as an absent bar marked "n/a"; tables print it as "n/a".
   """
-  values = [r["test"][t]["f1"] for (s, m, p), r in results.items()
-            if (scenario is None or s == scenario) and (model is None or m == model)
-            and (patch is None or p == patch) for t in tests]
+  values = [r["test"][t]["f1"] for r in _matching(results, scenario, model, patch) for t in tests]
   return float(np.mean(values)) if values else float("nan")
+
+
+def _matching(results: dict, scenario=None, model=None, patch=None) -> list[dict]:
+  return [r for (s, m, p), r in results.items()
+          if (scenario is None or s == scenario) and (model is None or m == model)
+          and (patch is None or p == patch)]
+
+
+def seed_std_f1(results: dict, scenario=None, model=None, patch=None, tests=constants.SITE_NAMES) -> float:
+  """Standard deviation over seeds (ddof=1) of `mean_f1`: each seed's F1 averaged over the matching runs
+  and `tests` (their mean over seeds is `mean_f1`). NaN unless every matching run has the same 2 or more
+  seeds (a spread over other seeds would not be that of the mean)."""
+  runs = _matching(results, scenario, model, patch)
+  seed_sets = {tuple(sorted(r.get("per_seed") or {}, key=int)) for r in runs}
+  if len(seed_sets) != 1 or len(seeds := next(iter(seed_sets))) < 2:
+    return float("nan")
+  per_seed = [np.mean([r["per_seed"][k]["test"][t]["f1"] for r in runs for t in tests]) for k in seeds]
+  return float(np.std(per_seed, ddof=1))
 
 
 def _subset(results: dict, scenarios=None, patches=None, models=None) -> dict:
@@ -230,32 +246,46 @@ def _subset(results: dict, scenarios=None, patches=None, models=None) -> dict:
           and (models is None or m in models)}
 
 
-def fig10_data(results: dict, scenarios, models, patches=None) -> dict[str, dict[str, dict[str, float]]]:
-  """Fig. 10 of the paper: scenario -> model -> test set (TEST_SETS) -> F1, the mean over patch sizes.
+def fig10_data(results: dict, scenarios, models, patches=None, stat=mean_f1
+               ) -> dict[str, dict[str, dict[str, float]]]:
+  """Fig. 10 of the paper: scenario -> model -> test set (TEST_SETS) -> F1, the mean over patch sizes
+  (or with `stat=seed_std_f1`, its spread over seeds).
 
   Only the runs with a patch size in `patches` count (all when None). A cell without any run is NaN.
   """
   runs = _subset(results, patches=patches)
-  return {s: {m: {t: mean_f1(runs, scenario=s, model=m, tests=(t,)) for t in TEST_SETS} for m in models}
+  return {s: {m: {t: stat(runs, scenario=s, model=m, tests=(t,)) for t in TEST_SETS} for m in models}
           for s in scenarios}
 
 
-def fig11_data(results: dict, models, patches, scenarios=None) -> dict[str, dict[int, float]]:
+def fig11_data(results: dict, models, patches, scenarios=None, stat=mean_f1) -> dict[str, dict[int, float]]:
   """Fig. 11 of the paper: model -> patch size -> F1, the mean over the training scenarios (those in
-  `scenarios`; all when None) and the three sites' test areas. A cell without any run is NaN."""
+  `scenarios`; all when None) and the three sites' test areas (or with `stat=seed_std_f1`, its spread
+  over seeds). A cell without any run is NaN."""
   runs = _subset(results, scenarios=scenarios)
-  return {m: {p: mean_f1(runs, model=m, patch=p) for p in patches} for m in models}
+  return {m: {p: stat(runs, model=m, patch=p) for p in patches} for m in models}
 
 
-def _draw_bars(ax, groups: list[str], series: dict[str, list[float]]) -> None:
-  """Grouped bars with their values on top; a NaN is no bar, marked "n/a" (not a bar of height 0)."""
+def _draw_bars(ax, groups: list[str], series: dict[str, list[float]],
+               errors: dict[str, list[float]] | None = None) -> None:
+  """Grouped bars with their values on top; a NaN is no bar, marked "n/a" (not a bar of height 0).
+  `errors` (same layout as `series`): whiskers of +- that much, where not NaN."""
   width = 0.8 / max(len(series), 1)
   for i, (name, values) in enumerate(series.items()):
     x = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
     heights = np.asarray(values, dtype=float)
     present = ~np.isnan(heights)
-    bars = ax.bar(x[present], heights[present], width, label=name, color=f"C{i}")
-    ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.bar(x[present], heights[present], width, label=name, color=f"C{i}")
+    spread = np.full(len(groups), np.nan) if errors is None else np.asarray(errors[name], dtype=float)
+    shown = present & ~np.isnan(spread)
+    if shown.any():
+      ax.errorbar(x[shown], heights[shown], yerr=spread[shown], fmt="none", ecolor="black",
+                  elinewidth=0.8, capsize=2)
+    # Each value above its bar, or above its whisker.
+    tops = heights + np.where(shown, spread, 0.0)
+    for xi, top, value in zip(x[present], tops[present], heights[present]):
+      ax.annotate(f"{value:.2f}", (xi, top), xytext=(0, 1), textcoords="offset points", ha="center",
+                  va="bottom", fontsize=7)
     for xi in x[~present]:
       ax.text(xi, 0.01, "n/a", ha="center", va="bottom", fontsize=8, color=f"C{i}")
   ax.set_xticks(np.arange(len(groups)), groups)
@@ -266,8 +296,9 @@ def _draw_bars(ax, groups: list[str], series: dict[str, list[float]]) -> None:
 
 
 def _bar_chart(path: Path, groups: list[str], panels: dict[str, dict[str, list[float]]], title: str,
-               xlabel: str) -> None:
-  """One bar-chart panel per item of `panels` (panel title -> series name -> one value per group)."""
+               xlabel: str, errors: dict[str, dict[str, list[float]]] | None = None) -> None:
+  """One bar-chart panel per item of `panels` (panel title -> series name -> one value per group), with
+  whiskers from `errors` (the same layout) when given."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -276,7 +307,7 @@ def _bar_chart(path: Path, groups: list[str], panels: dict[str, dict[str, list[f
   fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 3.6 * nrows + 0.6), dpi=110,
                            sharey=True, squeeze=False)
   for ax, (panel, series) in zip(axes.flat, panels.items()):
-    _draw_bars(ax, groups, series)
+    _draw_bars(ax, groups, series, None if errors is None else errors[panel])
     ax.set_title(panel, fontsize=10)
     ax.set_xlabel(xlabel)
   for ax in axes[:, 0]:
@@ -345,17 +376,28 @@ def write_results(results: dict, out: str | os.PathLike, scenarios, patches, mod
     written += [out / f"{stem}.md", out / f"{stem}.csv"]
   ordered = [s for s in SCENARIO_ORDER if s in scenarios]
   runs = _subset(results, scenarios=ordered, patches=patches, models=models)
-  fig10 = fig10_data(runs, ordered, models, patches)
-  _bar_chart(out / "fig10_mean_f1_by_scenario.png", list(TEST_SETS),
-             {_scenario_label(s): {MODEL_NAMES[m]: [fig10[s][m][t] for t in TEST_SETS] for m in models}
-              for s in ordered},
+  # With several seeds, whiskers show the spread over seeds of each bar's mean.
+  seeded = any(len(r.get("per_seed") or {}) >= 2 for r in runs.values())
+  whiskers = "whiskers: \u00b1 1 std over seeds" if seeded else ""
+
+  def fig10_panels(stat):
+    data = fig10_data(runs, ordered, models, patches, stat)
+    return {_scenario_label(s): {MODEL_NAMES[m]: [data[s][m][t] for t in TEST_SETS] for m in models}
+            for s in ordered}
+
+  def fig11_panels(stat):
+    data = fig11_data(runs, models, patches, ordered, stat)
+    return {"": {MODEL_NAMES[m]: [data[m][p] for p in patches] for m in models}}
+
+  _bar_chart(out / "fig10_mean_f1_by_scenario.png", list(TEST_SETS), fig10_panels(mean_f1),
              "Fig. 10 (Ghorbanzadeh et al. 2021): F1 per model, training scenario and test area "
-             "(mean over patch sizes)", "tested on")
-  fig11 = fig11_data(runs, models, patches, ordered)
-  _bar_chart(out / "fig11_mean_f1_by_patch.png", [f"{p} px" for p in patches],
-             {"": {MODEL_NAMES[m]: [fig11[m][p] for p in patches] for m in models}},
+             f"(mean over patch sizes{'; ' + whiskers if seeded else ''})", "tested on",
+             fig10_panels(seed_std_f1) if seeded else None)
+  _bar_chart(out / "fig11_mean_f1_by_patch.png", [f"{p} px" for p in patches], fig11_panels(mean_f1),
              "Fig. 11 (Ghorbanzadeh et al. 2021): mean F1 per model and patch size\n"
-             "(over the training scenarios and the three sites' test areas)", "patch size")
+             "(over the training scenarios and the three sites' test areas)"
+             + ("\n" + whiskers if seeded else ""), "patch size",
+             fig11_panels(seed_std_f1) if seeded else None)
   matrix = transferability(runs, ordered)
   _heat_map(out / "transferability.png", matrix, ordered)
   written += [out / "fig10_mean_f1_by_scenario.png", out / "fig11_mean_f1_by_patch.png",

@@ -413,6 +413,34 @@ def _seeded(f1_per_seed: list[float]) -> dict:
   return {"test": {t: {"f1": float(np.mean(f1_per_seed))} for t in sweep.TEST_SETS}, "per_seed": per_seed}
 
 
+def test_seed_std_f1_known_answer():
+  results = {("china", "unet", 32): _seeded([0.2, 0.4]), ("china", "unet", 64): _seeded([0.6, 0.6]),
+             ("china", "resunet", 32): _seeded([0.5, 0.7, 0.9]), ("japan", "unet", 32): _scores(0.5)}
+  # Per seed, the mean over the two patch sizes: 0.4 and 0.5 -> std (ddof 1) 0.1 / sqrt(2).
+  assert sweep.seed_std_f1(results, scenario="china", model="unet") == pytest.approx(0.1 / math.sqrt(2))
+  assert sweep.mean_f1(results, scenario="china", model="unet") == pytest.approx(0.45)  # the seeds' mean
+  assert sweep.seed_std_f1(results, scenario="china", model="resunet") == pytest.approx(0.2)
+  # A single-seed run, or runs with different seeds, have no spread to show: NaN, not 0.
+  assert math.isnan(sweep.seed_std_f1(results, scenario="japan"))
+  assert math.isnan(sweep.seed_std_f1(results, scenario="china"))
+  data = sweep.fig10_data(results, ("china",), ("unet",), stat=sweep.seed_std_f1)
+  assert data["china"]["unet"] == pytest.approx(dict.fromkeys(sweep.TEST_SETS, 0.1 / math.sqrt(2)))
+
+
+def test_bars_carry_whiskers_of_the_seed_spread():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, ax = plt.subplots()
+  sweep._draw_bars(ax, ["a", "b", "c"], {"U-Net": [0.5, float("nan"), 0.7]},
+                   {"U-Net": [0.1, 0.2, float("nan")]})
+  (whiskers,) = [c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
+  (segments,) = whiskers.lines[2]
+  # One whisker: the bar at 0.5 +- 0.1; none on the absent bar, none where the spread is unknown.
+  np.testing.assert_allclose([seg[:, 1] for seg in segments.get_segments()], [[0.4, 0.6]])
+  plt.close(fig)
+
+
 def test_paired_difference_known_answer():
   d = sweep.paired_difference([0.8, 0.82, 0.81], [0.7, 0.71, 0.72])
   # differences 0.10, 0.11, 0.09: mean 0.1, std 0.01, t(0.975, 2) = 4.3027
