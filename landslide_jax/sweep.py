@@ -467,8 +467,9 @@ def summary(results: dict, scenarios, patches, models, matrix: np.ndarray) -> st
             "|---|" + "---|" * len(TEST_SETS)]
   for s, row in zip(scenarios, matrix):
     lines.append(f"| {s} | " + " | ".join(_fmt(v) for v in row) + " |")
-  lines += seed_conclusions(results, scenarios, patches, models)
-  lines += ["", "Each mean is over the runs present: a cell without any run reads n/a (not 0).", "", "![transferability](transferability.png)", "",
+  lines += seed_conclusions(results, scenarios, patches, models)  # ends with a blank line
+  lines += ["Each mean is over the runs present: a cell without any run reads n/a (not 0).", "",
+            "![transferability](transferability.png)", "",
             "![Fig. 10](fig10_mean_f1_by_scenario.png) ![Fig. 11](fig11_mean_f1_by_patch.png)", ""]
   return "\n".join(lines)
 
