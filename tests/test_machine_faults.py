@@ -244,7 +244,6 @@ def test_other_errors_in_a_raster_write_pass_unchanged(monkeypatch):
 
 
 _WRITE_ON_FULL_DISK = """
-import sys
 import numpy as np
 import rasterio
 from absl import app
