@@ -232,11 +232,12 @@ def seed_std_f1(results: dict, scenario=None, model=None, patch=None, tests=cons
   and `tests` (their mean over seeds is `mean_f1`). NaN unless every matching run has the same 2 or more
   seeds (a spread over other seeds would not be that of the mean)."""
   runs = _matching(results, scenario, model, patch)
-  seed_sets = {tuple(sorted(r.get("per_seed") or {}, key=int)) for r in runs}
-  if len(seed_sets) != 1 or len(seeds := next(iter(seed_sets))) < 2:
+  if len({tuple(sorted(r.get("per_seed") or {}, key=int)) for r in runs}) != 1:
     return float("nan")
-  per_seed = [np.mean([r["per_seed"][k]["test"][t]["f1"] for r in runs for t in tests]) for k in seeds]
-  return float(np.std(per_seed, ddof=1))
+  per_run = [_seed_f1(r, tests) for r in runs]  # runs x seeds; every run has as many tests
+  if per_run[0] is None:
+    return float("nan")
+  return float(np.std(np.mean(per_run, axis=0), ddof=1))
 
 
 def _subset(results: dict, scenarios=None, patches=None, models=None) -> dict:
@@ -378,7 +379,7 @@ def write_results(results: dict, out: str | os.PathLike, scenarios, patches, mod
   runs = _subset(results, scenarios=ordered, patches=patches, models=models)
   # With several seeds, whiskers show the spread over seeds of each bar's mean.
   seeded = any(len(r.get("per_seed") or {}) >= 2 for r in runs.values())
-  whiskers = "whiskers: \u00b1 1 std over seeds" if seeded else ""
+  whiskers = "whiskers: \u00b1 1 std over seeds"
 
   def fig10_panels(stat):
     data = fig10_data(runs, ordered, models, patches, stat)

@@ -201,8 +201,13 @@ def probabilities(state: TrainState, images: jax.Array, tta: bool = False) -> ja
   8 rotations and flips of each window (tta.dihedral_mean)."""
   def predict(x):
     logits, _ = apply_model(state, state.params, x, train=False)
-    return jax.nn.sigmoid(logits[..., 0].astype(jnp.float32))
+    return _landslide_probability(logits)
   return tta_lib.dihedral_mean(predict, images) if tta else predict(images)
+
+
+def _landslide_probability(logits: jax.Array) -> jax.Array:
+  """Per-pixel landslide probability (N, P, P), float32, of the model's logits (N, P, P, 1)."""
+  return jax.nn.sigmoid(logits[..., 0].astype(jnp.float32))
 
 
 @jax.jit
@@ -210,7 +215,7 @@ def probabilities_and_bce(state: TrainState, images: jax.Array, mask: jax.Array,
                           ) -> tuple[jax.Array, jax.Array]:
   """`probabilities` of a batch and its plain BCE summed over valid pixels, from one forward pass."""
   logits, _ = apply_model(state, state.params, images, train=False)
-  return jax.nn.sigmoid(logits[..., 0].astype(jnp.float32)), weighted_bce_sum(logits, mask, valid)
+  return _landslide_probability(logits), weighted_bce_sum(logits, mask, valid)
 
 
 def _padded_batches(arrays: list[np.ndarray], batch_size: int):
