@@ -18,7 +18,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import jax_utils
 from flax.training import early_stopping
 from jax import lax
@@ -113,9 +112,17 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
     raise InputError(workdir / train.CHECKPOINT_DIR, f"no checkpoint {checkpoint!r} "
                      f"(available steps: {', '.join(map(str, steps)) or 'none'})",
                      "train first (python -m launch.train with the same --workdir) or pick a saved step")
-  restored = manager.restore(step, args=ocp.args.StandardRestore(train.checkpoint_item(
-      template, 0, early_stopping.EarlyStopping(), 1.0)))
-  manager.close()
+  try:
+    restored = train.restore_checkpoint(manager, step, train.checkpoint_item(
+        template, 0, early_stopping.EarlyStopping(), 1.0))
+  except Exception as err:  # pylint: disable=broad-except  (tensorstore and orbax raise many kinds)
+    others = [s for s in steps if s != step]
+    raise InputError(workdir / train.CHECKPOINT_DIR / str(step), f"checkpoint {step} cannot be restored "
+                     f"({train.short_error(err)})",
+                     (f"pass --checkpoint= with another saved step ({', '.join(map(str, others))}), or "
+                      if others else "") + "train again in a new --workdir") from None
+  finally:
+    manager.close()
   return Run(workdir, config, stats, restored["state"], int(step))
 
 

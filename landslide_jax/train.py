@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import platform
@@ -570,29 +571,61 @@ def checkpoint_item(state: TrainState, epoch: int, stopper: early_stopping.Early
                              "should_stop": stopper.should_stop}}
 
 
-def _short(err: BaseException) -> str:
+def short_error(err: BaseException) -> str:
   """An exception as a short phrase for a one-line message (tensorstore appends its whole spec)."""
   text = (str(err).strip().splitlines() or [""])[0].split(" [tensorstore_spec", 1)[0]
   text = text or err.__class__.__name__
   return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _ignore_late_restore_callbacks() -> None:
-  """Silences what a failed orbax restore leaves behind: orbax closes its event loop at the first error,
-  and tensorstore's reads still in flight then report to the closed loop ("RuntimeError: Event loop is
-  closed", as unraisable exceptions from its threads), dozens of tracebacks around our one-line message.
-  Installed before restoring, as they can come before the failed restore returns. Only that exception
-  is dropped, for the rest of the process; every other one reaches the hook that was there before."""
-  previous = sys.unraisablehook
-  if getattr(previous, "_landslide_jax_filter", False):
-    return
+def _ignore_late_restore_callbacks(directory: Path) -> None:
+  """Silences what a failed orbax restore leaves behind, around our one-line message.
 
-  def hook(unraisable):
-    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
-      return
-    previous(unraisable)
-  hook._landslide_jax_filter = True  # pylint: disable=protected-access
-  sys.unraisablehook = hook
+  orbax stops at the first error of a restore and closes its event loop, and tensorstore's reads of the
+  other arrays are left behind. Two kinds of report follow, dozens each, at a time set by the garbage
+  collector (so also after the failed restore returned, or at exit): reads still in flight report to the
+  closed loop ("RuntimeError: Event loop is closed", unraisable exceptions from tensorstore's threads), and
+  reads that failed too are futures whose error nobody retrieved (asyncio logs "Future exception was never
+  retrieved" with the same error as the one we report). Installed before restoring, for the rest of the
+  process. Only those are dropped, and the futures only when their error names a file under `directory`;
+  every other report reaches the hook or handlers that were there before.
+  """
+  previous = sys.unraisablehook
+  if not getattr(previous, "_landslide_jax_filter", False):
+    def hook(unraisable):
+      if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+        return
+      previous(unraisable)
+    hook._landslide_jax_filter = True  # pylint: disable=protected-access
+    sys.unraisablehook = hook
+  asyncio_logger = logging.getLogger("asyncio")
+  if not any(isinstance(f, _UnretrievedRestoreErrors) and f.directory == str(directory)
+             for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_UnretrievedRestoreErrors(str(directory)))
+
+
+class _UnretrievedRestoreErrors(logging.Filter):
+  """Drops asyncio's "Future exception was never retrieved" when the error names a file under `directory`."""
+
+  def __init__(self, directory: str):
+    super().__init__()
+    self.directory = directory
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if not str(record.msg).startswith("Future exception was never retrieved"):
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    return self.directory not in f"{error}{record.getMessage()}"
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, step: int, item: dict) -> dict:
+  """Restores checkpoint `step` of `manager` into the structure of `item` (see `checkpoint_item`).
+
+  When it fails, the error is raised as orbax raised it; what the failed restore leaves behind on stderr
+  is silenced (`_ignore_late_restore_callbacks`) so that the caller's one-line message stays one line.
+  """
+  _ignore_late_restore_callbacks(Path(str(manager.directory)))
+  return manager.restore(step, args=ocp.args.StandardRestore(item))
 
 
 def _checkpoint_steps(directory: Path) -> list[tuple[int, Path]]:
@@ -678,14 +711,12 @@ def restore_latest(workdir: Path, template: dict) -> tuple[ocp.CheckpointManager
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("landslide_jax:damaged_checkpoints_moved")
   manager, restored, failed = checkpoint_manager(workdir), None, []
-  if sound:
-    _ignore_late_restore_callbacks()  # before: they may come before the failed restore returns
   for step in sound:
     try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(template))
+      restored = restore_checkpoint(manager, step, template)
       break
     except Exception as err:  # pylint: disable=broad-except  (tensorstore and orbax raise many kinds)
-      failed.append((step, directory / str(step), f"checkpoint cannot be restored ({_short(err)})"))
+      failed.append((step, directory / str(step), f"checkpoint cannot be restored ({short_error(err)})"))
       if jax.process_count() > 1:
         break
   if jax.process_count() > 1 and sound:
@@ -1012,15 +1043,13 @@ def evaluate_checkpoint(config, manager, template_state, stopper, pos_weight, st
   area, and object scores. The threshold is the run's, or with "auto" the F1-best on `validation`;
   scores at 0.5 and at the validation-chosen threshold are both kept (`test_by_threshold`)."""
   best = manager.best_step()
-  _ignore_late_restore_callbacks()
   try:
-    restored = manager.restore(best, args=ocp.args.StandardRestore(
-        checkpoint_item(template_state, 0, stopper, pos_weight)))
+    restored = restore_checkpoint(manager, best, checkpoint_item(template_state, 0, stopper, pos_weight))
   except Exception as err:  # pylint: disable=broad-except  (tensorstore and orbax raise many kinds)
     workdir = config.resolved_workdir()
     manager.close()
     raise InputError(workdir / CHECKPOINT_DIR / str(best), f"the best checkpoint (epoch {best}) cannot be "
-                     f"restored ({_short(err)})", f"score another one with python -m launch.evaluate "
+                     f"restored ({short_error(err)})", f"score another one with python -m launch.evaluate "
                      f"--workdir={workdir} --checkpoint=latest, or delete {workdir / CHECKPOINT_DIR} to "
                      "train again") from None
   state = restored["state"]

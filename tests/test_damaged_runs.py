@@ -10,8 +10,11 @@ not its latest (epoch 3), so there is an earlier checkpoint to fall back to.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import gc
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -192,6 +195,70 @@ def test_damaged_best_checkpoint_is_one_line_naming_it(env, tmp_path):
   assert err.value.fix == (f"score another one with python -m launch.evaluate --workdir={workdir} "
                            f"--checkpoint=latest, or delete {workdir / train.CHECKPOINT_DIR} to train again")
   assert "\n" not in str(err.value)
+
+
+def test_evaluate_of_a_damaged_checkpoint_is_one_line_naming_it(env, tmp_path):
+  workdir = _copy(env, tmp_path)
+  _truncate_arrays(workdir, BEST)
+  proc = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--workdir={workdir}", "--checkpoint=best"],
+                        cwd=ROOT, env=run_fixtures.subprocess_env(env.cache), capture_output=True, text=True,
+                        timeout=TIMEOUT, check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+  assert len(lines) == 1, proc.stderr
+  assert lines[0].startswith(f"error: {workdir / train.CHECKPOINT_DIR / str(BEST)}: checkpoint {BEST} cannot "
+                             "be restored (OUT_OF_RANGE: ")
+  assert lines[0].endswith(f"Fix: pass --checkpoint= with another saved step ({LATEST}), or train again in a "
+                           "new --workdir")
+
+
+def _unretrieved_future_error(message: str) -> None:
+  """A future whose error nobody retrieves, collected: asyncio logs "Future exception was never retrieved"."""
+  loop = asyncio.new_event_loop()
+  future = loop.create_future()
+  future.set_exception(ValueError(message))
+  loop.close()  # as orbax's loop is when tensorstore's late reads fail
+  del future
+  gc.collect()
+
+
+def test_what_a_failed_restore_leaves_behind_is_silenced_and_nothing_else(tmp_path, monkeypatch):
+  # Both kinds come at a time set by the garbage collector, so a subprocess test meets them only now and
+  # then (the one-line test above failed in CI once with 40 lines of them); here they are made on purpose.
+  seen_unraisable, logged = [], []
+  monkeypatch.setattr(sys, "unraisablehook", seen_unraisable.append)
+  asyncio_logger = logging.getLogger("asyncio")
+  monkeypatch.setattr(asyncio_logger, "filters", [])
+  handler = logging.Handler()
+  handler.emit = logged.append
+  asyncio_logger.addHandler(handler)
+  try:
+    # The control: without the filter, both reach stderr.
+    _unretrieved_future_error(f'NOT_FOUND: Metadata at "state/.zarray" in OCDBT database at local file '
+                              f'"{tmp_path}/checkpoints/3/default/" does not exist')
+    assert [r.msg.splitlines()[0] for r in logged] == ["Future exception was never retrieved"]
+
+    train._ignore_late_restore_callbacks(tmp_path / "checkpoints")  # pylint: disable=protected-access
+    _unretrieved_future_error(f'NOT_FOUND: Metadata at "state/.zarray" in OCDBT database at local file '
+                              f'"{tmp_path}/checkpoints/3/default/" does not exist')
+    assert len(logged) == 1  # silenced: the error names the checkpoint directory being restored
+    _unretrieved_future_error(f'NOT_FOUND: local file "{tmp_path}/elsewhere/3/"')
+    assert len(logged) == 2  # kept: another folder's error
+    asyncio_logger.error("something else")
+    assert len(logged) == 3
+
+    class LateRead:
+      def __init__(self, error):
+        self.error = error
+
+      def __del__(self):
+        raise self.error
+    LateRead(RuntimeError("Event loop is closed"))
+    assert not seen_unraisable
+    LateRead(RuntimeError("another error"))
+    assert [str(u.exc_value) for u in seen_unraisable] == ["another error"]
+  finally:
+    asyncio_logger.removeHandler(handler)
 
 
 def test_truncated_checkpoint_metrics_file_is_moved_aside(env, tmp_path, capfd):
