@@ -585,8 +585,8 @@ def _ignore_late_restore_callbacks(directory: Path) -> None:
   other arrays are left behind. Two kinds of report follow, dozens each, at a time set by the garbage
   collector (so also after the failed restore returned, or at exit): reads still in flight report to the
   closed loop ("RuntimeError: Event loop is closed", unraisable exceptions from tensorstore's threads), and
-  reads that failed too are futures whose error nobody retrieved (asyncio logs "Future exception was never
-  retrieved" with the same error as the one we report). Installed before restoring, for the rest of the
+  reads that failed too are futures (or tasks) whose error nobody retrieved (asyncio logs "Future exception
+  was never retrieved" with the same kind of error as the one we report). Installed before restoring, for the rest of the
   process. Only those are dropped, and the futures only when their error names a file under `directory`;
   every other report reaches the hook or handlers that were there before.
   """
@@ -605,14 +605,16 @@ def _ignore_late_restore_callbacks(directory: Path) -> None:
 
 
 class _UnretrievedRestoreErrors(logging.Filter):
-  """Drops asyncio's "Future exception was never retrieved" when the error names a file under `directory`."""
+  """Drops asyncio's "Future (or Task) exception was never retrieved" when the error names a file under
+  `directory`."""
+  UNRETRIEVED = ("Future exception was never retrieved", "Task exception was never retrieved")
 
   def __init__(self, directory: str):
     super().__init__()
     self.directory = directory
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if not str(record.msg).startswith("Future exception was never retrieved"):
+    if not str(record.msg).startswith(self.UNRETRIEVED):
       return True
     error = record.exc_info[1] if record.exc_info else None
     return self.directory not in f"{error}{record.getMessage()}"

@@ -212,11 +212,18 @@ def test_evaluate_of_a_damaged_checkpoint_is_one_line_naming_it(env, tmp_path):
                            "new --workdir")
 
 
-def _unretrieved_future_error(message: str) -> None:
-  """A future whose error nobody retrieves, collected: asyncio logs "Future exception was never retrieved"."""
+def _unretrieved_future_error(message: str, task: bool = False) -> None:
+  """A future (or task) whose error nobody retrieves, collected: asyncio logs "Future (Task) exception was
+  never retrieved"."""
   loop = asyncio.new_event_loop()
-  future = loop.create_future()
-  future.set_exception(ValueError(message))
+  if task:
+    async def read():
+      raise ValueError(message)
+    future = loop.create_task(read())
+    loop.run_until_complete(asyncio.sleep(0))
+  else:
+    future = loop.create_future()
+    future.set_exception(ValueError(message))
   loop.close()  # as orbax's loop is when tensorstore's late reads fail
   del future
   gc.collect()
@@ -241,11 +248,15 @@ def test_what_a_failed_restore_leaves_behind_is_silenced_and_nothing_else(tmp_pa
     train._ignore_late_restore_callbacks(tmp_path / "checkpoints")  # pylint: disable=protected-access
     _unretrieved_future_error(f'NOT_FOUND: Metadata at "state/.zarray" in OCDBT database at local file '
                               f'"{tmp_path}/checkpoints/3/default/" does not exist')
-    assert len(logged) == 1  # silenced: the error names the checkpoint directory being restored
+    _unretrieved_future_error(f'NOT_FOUND: local file "{tmp_path}/checkpoints/2/default/"', task=True)
+    assert len(logged) == 1  # silenced: the errors name the checkpoint directory being restored
     _unretrieved_future_error(f'NOT_FOUND: local file "{tmp_path}/elsewhere/3/"')
     assert len(logged) == 2  # kept: another folder's error
+    _unretrieved_future_error(f'NOT_FOUND: local file "{tmp_path}/elsewhere/3/"', task=True)
+    assert [r.msg.splitlines()[0] for r in logged[1:]] == ["Future exception was never retrieved",
+                                                          "Task exception was never retrieved"]
     asyncio_logger.error("something else")
-    assert len(logged) == 3
+    assert len(logged) == 4
 
     class LateRead:
       def __init__(self, error):
