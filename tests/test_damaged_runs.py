@@ -240,7 +240,7 @@ def test_what_a_failed_restore_leaves_behind_is_silenced_and_nothing_else(tmp_pa
   handler.emit = logged.append
   asyncio_logger.addHandler(handler)
   try:
-    # The control: without the filter, both reach stderr.
+    # The control: without the filter, the unretrieved error is logged (absl prints it on stderr).
     _unretrieved_future_error(f'NOT_FOUND: Metadata at "state/.zarray" in OCDBT database at local file '
                               f'"{tmp_path}/checkpoints/3/default/" does not exist')
     assert [r.msg.splitlines()[0] for r in logged] == ["Future exception was never retrieved"]
