@@ -222,9 +222,10 @@ def mean_f1(results: dict, scenario=None, model=None, patch=None, tests=constant
 
 
 def _matching(results: dict, scenario=None, model=None, patch=None) -> list[dict]:
-  return [r for (s, m, p), r in results.items()
-          if (scenario is None or s == scenario) and (model is None or m == model)
-          and (patch is None or p == patch)]
+  """The runs of one scenario, model and patch size (None: any)."""
+  def one(value):
+    return None if value is None else (value,)
+  return list(_subset(results, scenarios=one(scenario), patches=one(patch), models=one(model)).values())
 
 
 def seed_std_f1(results: dict, scenario=None, model=None, patch=None, tests=constants.SITE_NAMES) -> float:

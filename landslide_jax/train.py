@@ -291,13 +291,9 @@ def eval_step(state: TrainState, batch: dict, threshold: float) -> dict:
 
 
 def evaluate(p_eval_step, state, data: input_pipeline.SplitData, config: TrainConfig,
-             weight: np.ndarray | None = None, expected_pixels: int | None = None) -> dict:
-  """Loss (weighted by `weight`, or plain BCE; mean over valid pixels) and metrics over a whole split.
-
-  `expected_pixels`: the valid pixels of the area the split covers (dataset metadata); the result's
-  `coverage` is the share of them that was scored (1.0 when every pixel counted once).
-  """
-  return report_totals(eval_totals(p_eval_step, state, data, config, weight), expected_pixels)
+             weight: np.ndarray | None = None) -> dict:
+  """Loss (weighted by `weight`, or plain BCE; mean over valid pixels) and metrics over a whole split."""
+  return report_totals(eval_totals(p_eval_step, state, data, config, weight))
 
 
 def eval_totals(p_eval_step, state, data: input_pipeline.SplitData, config: TrainConfig,
@@ -314,9 +310,9 @@ def eval_totals(p_eval_step, state, data: input_pipeline.SplitData, config: Trai
   return totals
 
 
-def report_totals(totals: dict, expected_pixels: int | None = None) -> dict:
+def report_totals(totals: dict) -> dict:
   """Scores (`metrics.report`) and mean loss of one model's `eval_totals`."""
-  result = metrics.report(totals["counts"], expected_pixels)
+  result = metrics.report(totals["counts"])
   result["loss"] = float(totals["loss_sum"] / max(totals["count"], 1.0))
   return result
 
@@ -586,9 +582,9 @@ def _ignore_late_restore_callbacks(directory: Path) -> None:
   collector (so also after the failed restore returned, or at exit): reads still in flight report to the
   closed loop ("RuntimeError: Event loop is closed", unraisable exceptions from tensorstore's threads), and
   reads that failed too are futures (or tasks) whose error nobody retrieved (asyncio logs "Future exception
-  was never retrieved" with the same kind of error as the one we report). Installed before restoring, for the rest of the
-  process. Only those are dropped, and the futures only when their error names a file under `directory`;
-  every other report reaches the hook or handlers that were there before.
+  was never retrieved" with the same kind of error as the one we report). Installed before restoring, for
+  the rest of the process. Only those are dropped, and the futures only when their error names a file
+  under `directory`; every other report reaches the hook or handlers that were there before.
   """
   previous = sys.unraisablehook
   if not getattr(previous, "_landslide_jax_filter", False):
